@@ -1,0 +1,183 @@
+"""Exact communication cost of a round, read off the TFF computations themselves.
+
+Every value that crosses between server and clients in TFF goes through a
+federated intrinsic whose argument has a static type, so the bits on the wire
+are a property of the computation, not of a table we keep by hand:
+
+  down (server -> each client): an intrinsic taking a SERVER value and returning
+      CLIENTS values (`federated_broadcast`): the member type's size, per client.
+  up (each client -> server): an intrinsic taking CLIENTS values and returning a
+      SERVER value (`federated_aggregate`, `federated_sum`, `federated_mean`,
+      `federated_weighted_mean`, `federated_secure_sum*`, `federated_min/max`):
+      the size of the CLIENTS-placed member types, per client.
+
+  size(type) = sum over its tensors of  num_elements x bits_per_element(dtype)
+
+For a compressing aggregator the uploaded type is the *encoder's output* (for
+TFF's 8-bit quantiser: the bit-packed int32 words plus the float32 min/max of
+each quantised tensor), so the count is what the encoder really produces.
+
+A round's cost is split by who sends it, measured on each part separately:
+  * model traffic: the distributor's broadcast (model weights) and everything
+    the model-update aggregator sends in both directions (the encoded update,
+    the mean's weight, adaptive clipping/zeroing norm estimates). This is what
+    `comm/broadcasted_bits` and `comm/aggregated_bits` report: what an
+    aggregator or distributor changes.
+  * control traffic: the rest of the whole `next` computation (the client
+    learning rate broadcast, the training metrics upload), identical for every
+    aggregator, reported as `comm/control_*_bits` so that totals stay exact.
+Round totals multiply the per-client cost by the number of clients that round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import tensorflow_federated as tff
+from tensorflow_federated.python.common_libs import structure
+from tensorflow_federated.python.core.impl.compiler import building_blocks
+from tensorflow_federated.python.core.impl.types import computation_types, placements
+
+# Intrinsics whose traffic depends on data chosen at run time: refuse rather than guess.
+_UNCOUNTABLE = {"federated_select", "federated_secure_select"}
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """One intrinsic call: its direction, its URI, its type and bits per client."""
+
+    direction: str  # "down" or "up"
+    intrinsic: str
+    type: str
+    bits: int
+
+
+@dataclass(frozen=True)
+class CommCost:
+    """Bits one client receives (down) and sends (up) in one call of a computation."""
+
+    transfers: tuple[Transfer, ...] = ()
+    down: int = field(init=False)
+    up: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        for direction in ("down", "up"):
+            bits = sum(t.bits for t in self.transfers if t.direction == direction)
+            object.__setattr__(self, direction, bits)
+
+    def __add__(self, other: CommCost) -> CommCost:
+        return CommCost(self.transfers + other.transfers)
+
+
+def type_bits(type_spec: computation_types.Type) -> int:
+    """Bits needed to send one value of `type_spec` (a federated type: its member)."""
+    if isinstance(type_spec, computation_types.FederatedType):
+        return type_bits(type_spec.member)
+    if isinstance(type_spec, computation_types.StructType):
+        return sum(type_bits(element) for _, element in structure.iter_elements(type_spec))
+    if isinstance(type_spec, computation_types.TensorType):
+        shape = type_spec.shape
+        if shape is None or any(d is None for d in shape):
+            raise ValueError(f"cannot count the bits of {type_spec}: its shape is not static")
+        dtype = np.dtype(type_spec.dtype)
+        if dtype.kind in "OSU":
+            raise ValueError(f"cannot count the bits of {type_spec}: variable-length strings")
+        return int(np.prod(shape, dtype=np.int64)) * dtype.itemsize * 8
+    raise ValueError(f"cannot count the bits of a value of type {type_spec}")
+
+
+FederatedType = computation_types.FederatedType
+
+
+def _federated_leaves(type_spec: computation_types.Type) -> Iterator[FederatedType]:
+    if isinstance(type_spec, computation_types.FederatedType):
+        yield type_spec
+    elif isinstance(type_spec, computation_types.StructType):
+        for _, element in structure.iter_elements(type_spec):
+            yield from _federated_leaves(element)
+
+
+def _placed_at(type_spec: computation_types.Type, placement) -> list[FederatedType]:
+    return [t for t in _federated_leaves(type_spec) if t.placement is placement]
+
+
+def _transfer(call: building_blocks.Call) -> Transfer | None:
+    uri = call.function.uri
+    if uri in _UNCOUNTABLE:
+        raise ValueError(f"{uri} sends data-dependent slices; its bits are not counted here")
+    if call.argument is None:
+        return None
+    arg, result = call.argument.type_signature, call.type_signature
+    if not isinstance(result, computation_types.FederatedType):
+        return None
+    if result.placement is placements.CLIENTS:
+        sent = _placed_at(arg, placements.SERVER)
+        direction = "down"
+    elif result.placement is placements.SERVER:
+        sent = _placed_at(arg, placements.CLIENTS)
+        direction = "up"
+    else:
+        return None
+    if not sent:
+        return None  # e.g. federated_map / federated_apply: no placement change
+    return Transfer(direction, uri, ", ".join(str(t) for t in sent),
+                    sum(type_bits(t) for t in sent))
+
+
+def comm_cost(computation: tff.Computation) -> CommCost:
+    """Per-client bits of one invocation of a federated computation."""
+    transfers: list[Transfer] = []
+    stack = [computation.to_building_block()]
+    while stack:
+        block = stack.pop()
+        if isinstance(block, building_blocks.Call) and isinstance(
+                block.function, building_blocks.Intrinsic):
+            transfer = _transfer(block)
+            if transfer is not None:
+                transfers.append(transfer)
+        stack.extend(block.children())
+    return CommCost(tuple(transfers))
+
+
+@dataclass(frozen=True)
+class RoundComm:
+    """A round's per-client cost, split into model traffic and control traffic."""
+
+    model: CommCost
+    control_down: int
+    control_up: int
+
+    def round_metrics(self, num_clients: int) -> dict[str, int]:
+        """Bits of one round with `num_clients` participants, as logged."""
+        return {
+            "comm/broadcasted_bits": num_clients * self.model.down,
+            "comm/aggregated_bits": num_clients * self.model.up,
+            "comm/control_broadcasted_bits": num_clients * self.control_down,
+            "comm/control_aggregated_bits": num_clients * self.control_up,
+        }
+
+    def describe(self) -> dict:
+        """Everything that was counted, for the run's comm_bits.json artifact."""
+        return {
+            "per_client_bits": {"model_down": self.model.down, "model_up": self.model.up,
+                                "control_down": self.control_down,
+                                "control_up": self.control_up},
+            "model_transfers": [t.__dict__ for t in self.model.transfers],
+        }
+
+
+def round_comm(process: tff.templates.IterativeProcess,
+               *model_parts: tff.templates.MeasuredProcess) -> RoundComm:
+    """Measure `process.next`, attributing to the model the traffic of `model_parts`
+    (the distributor and the aggregation process the algorithm was built from)."""
+    total = comm_cost(process.next)
+    model = CommCost()
+    for part in model_parts:
+        model = model + comm_cost(part.next)
+    control_down, control_up = total.down - model.down, total.up - model.up
+    if control_down < 0 or control_up < 0:
+        raise ValueError("the model parts send more than the whole round: they are not "
+                         "the parts this process was built from")
+    return RoundComm(model, control_down, control_up)

@@ -1,0 +1,157 @@
+"""Structured-config schemas and value checks.
+
+The YAML files in conf/ extend these dataclasses (`defaults: [<name>_schema]`),
+so a wrong type (`client_optimizer.learning_rate=abc`, `rounds=ten`) or an
+unknown key fails while Hydra composes, before TensorFlow is even imported.
+Ranges that a type cannot express (`rounds=-1`) are checked by `validate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+from federated_research.errors import ConfigError
+
+
+class Partition(Enum):
+    iid = "iid"
+    dirichlet = "dirichlet"
+
+
+@dataclass
+class MnistConfig:
+    _target_: str = "federated_research.data.mnist.load_mnist"
+    num_clients: int = 40
+    partition: Partition = Partition.dirichlet
+    alpha: float = 0.5
+    test_fraction: float = 0.2
+
+
+@dataclass
+class EmnistConfig:
+    _target_: str = "federated_research.data.emnist.load_emnist"
+    only_digits: bool = True
+    cache_dir: str | None = None
+
+
+@dataclass
+class TargetConfig:
+    """A part built by calling `_target_` (a model, aggregator or algorithm builder)."""
+
+    _target_: str = MISSING
+
+
+@dataclass
+class TffCompressionConfig(TargetConfig):
+    zeroing: bool = True
+    clipping: bool = True
+
+
+@dataclass
+class CompressionConfig(TffCompressionConfig):
+    bits: int = 8
+    threshold: int = 20000
+    seed: int = 0
+
+
+@dataclass
+class SgdmConfig(TargetConfig):
+    learning_rate: float = MISSING
+    momentum: float | None = None
+
+
+@dataclass
+class AdamConfig(TargetConfig):
+    learning_rate: float = MISSING
+    beta_1: float = 0.9
+    beta_2: float = 0.999
+    epsilon: float = 1e-7
+
+
+@dataclass
+class TrackingConfig:
+    mlflow_uri: str = MISSING
+    experiment: str = "federated_research"
+    run_name: str | None = None
+    tensorboard: bool = True
+    progress_bar: bool = True
+
+
+@dataclass
+class ClientConfig:
+    epochs: int = 1
+    batch_size: int = 20
+    shuffle_buffer: int = 100
+
+
+@dataclass
+class Config:
+    dataset: Any = MISSING
+    model: Any = MISSING
+    aggregator: Any = MISSING
+    algorithm: Any = MISSING
+    client_optimizer: Any = MISSING
+    server_optimizer: Any = MISSING
+    tracking: Any = MISSING
+    client: ClientConfig = field(default_factory=ClientConfig)
+    rounds: int = 10
+    clients_per_round: int = 10
+    seed: int = 0
+    eval_every: int = 5
+    eval_batch_size: int = 500
+
+
+def register_schemas() -> None:
+    """Put the schemas where the YAML files' defaults lists look for them."""
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    cs.store(group="dataset", name="mnist_schema", node=MnistConfig)
+    cs.store(group="dataset", name="emnist_schema", node=EmnistConfig)
+    cs.store(group="model", name="model_schema", node=TargetConfig)
+    cs.store(group="aggregator", name="aggregator_schema", node=TargetConfig)
+    cs.store(group="aggregator", name="compression_schema", node=CompressionConfig)
+    cs.store(group="aggregator", name="tff_compression_schema", node=TffCompressionConfig)
+    cs.store(group="algorithm", name="algorithm_schema", node=TargetConfig)
+    cs.store(group="optimizer", name="sgdm_schema", node=SgdmConfig)
+    cs.store(group="optimizer", name="adam_schema", node=AdamConfig)
+    cs.store(group="tracking", name="tracking_schema", node=TrackingConfig)
+
+
+def _check(ok: bool, key: str, value: object, problem: str, example: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value}", problem, f"pass e.g. {key}={example}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check the ranges of a composed config; raises ConfigError naming the key."""
+    _check(cfg.rounds >= 0, "rounds", cfg.rounds, "must be 0 or more", "20")
+    _check(cfg.clients_per_round >= 1, "clients_per_round", cfg.clients_per_round,
+           "must be at least 1", "10")
+    _check(cfg.eval_every >= 1, "eval_every", cfg.eval_every, "must be at least 1", "5")
+    _check(cfg.eval_batch_size >= 1, "eval_batch_size", cfg.eval_batch_size,
+           "must be at least 1", "500")
+    for key, example in (("epochs", 1), ("batch_size", 20), ("shuffle_buffer", 100)):
+        value = cfg.client[key]
+        _check(value >= 1, f"client.{key}", value, "must be at least 1", str(example))
+    for node in ("client_optimizer", "server_optimizer"):
+        lr = cfg[node].learning_rate
+        _check(lr > 0, f"{node}.learning_rate", lr, "must be positive", "0.1")
+    if "bits" in cfg.aggregator:
+        _check(1 <= cfg.aggregator.bits <= 16, "aggregator.bits", cfg.aggregator.bits,
+               "TFF's quantiser takes 1 to 16 bits", "8")
+        _check(cfg.aggregator.threshold >= 0, "aggregator.threshold", cfg.aggregator.threshold,
+               "must be 0 or more", "20000")
+    data = cfg.dataset
+    if "num_clients" in data:
+        _check(data.num_clients >= 1, "dataset.num_clients", data.num_clients,
+               "must be at least 1", "40")
+    if "alpha" in data:
+        _check(data.alpha > 0, "dataset.alpha", data.alpha, "must be positive", "0.5")
+    if "test_fraction" in data:
+        _check(0 < data.test_fraction < 1, "dataset.test_fraction", data.test_fraction,
+               "must be strictly between 0 and 1", "0.2")

@@ -1,0 +1,56 @@
+"""User-facing errors: one line that names the key, the problem and the fix."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A value the run cannot use. `key` is what the user typed (`rounds=-1`)."""
+
+    def __init__(self, key: str, problem: str, fix: str) -> None:
+        self.key, self.problem, self.fix = key, problem, fix
+        super().__init__(f"{key}: {problem}. Fix: {fix}")
+
+
+def one_line(exc: BaseException) -> str:
+    """Turn a Hydra/OmegaConf composition error into one readable line.
+
+    Hydra prints these over several lines with hints about HYDRA_FULL_ERROR;
+    a researcher needs the key, what is wrong and what to type instead.
+    """
+    from hydra.errors import MissingConfigException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+    if isinstance(exc, ConfigError):
+        return str(exc)
+    if isinstance(exc, MissingConfigException):
+        options = sorted(o for o in (exc.options or []) if not o.endswith("_schema"))
+        group = (exc.missing_cfg_file or "").rsplit("/", 1)[0]
+        name = (exc.missing_cfg_file or "").rsplit("/", 1)[-1]
+        if options and group:
+            return (f"{group}={name}: no such option. Fix: choose one of "
+                    f"{', '.join(options)}")
+        return _first_line(str(exc)) + ". Fix: check the spelling of the option"
+    cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else exc
+    if isinstance(cause, OmegaConfBaseException):
+        key = getattr(cause, "full_key", None)
+        value = getattr(cause, "value", None)
+        problem = _first_line(getattr(cause, "msg", None) or str(cause))
+        if not key:
+            return problem
+        if isinstance(cause, ConfigAttributeError | ConfigKeyError):
+            return (f"{key}: no such config key. Fix: check the spelling "
+                    "(`python -m federated_research.train --cfg job` prints every key)")
+        wanted = next((w for t, w in _TYPE_WORDS.items() if f"converted to {t}" in problem),
+                      "a value of the right type")
+        if "expected one of" in problem:
+            wanted = "one of " + problem.split("expected one of", 1)[1].strip()
+        return f"{key}={value}: {problem}. Fix: give {key} {wanted}"
+    return _first_line(str(exc))
+
+
+_TYPE_WORDS = {"Float": "a number, e.g. 0.1", "Integer": "a whole number, e.g. 10",
+               "Boolean": "true or false"}
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), text)

@@ -1,0 +1,86 @@
+"""The round loop: sample clients, run a round, count bits, evaluate, log."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import tensorflow_federated as tff
+
+from federated_research.aggregators.comm_bits import RoundComm
+from federated_research.data.federated_data import FederatedData
+from federated_research.data.preprocessing import client_batches
+from federated_research.seeds import Stream, int_seed, rng
+from federated_research.tracking import Tracker
+
+
+@dataclass(frozen=True)
+class LoopSpec:
+    """What the loop needs from the config, validated before the loop starts."""
+
+    rounds: int
+    clients_per_round: int
+    eval_every: int
+    seed: int
+    epochs: int
+    batch_size: int
+    shuffle_buffer: int
+
+
+@dataclass
+class RunState:
+    """Everything that changes from round to round, in one place (to checkpoint later)."""
+
+    state: object
+    next_round: int = 0
+    broadcasted_bits: int = 0
+    aggregated_bits: int = 0
+    round_seconds: list[float] = field(default_factory=list)
+    last: dict[str, float] = field(default_factory=dict)
+
+
+def sample_clients(client_ids: list[str], k: int, seed: int, round_num: int) -> list[str]:
+    """`k` distinct clients for round `round_num`; the same for the same seed and round."""
+    picked = rng(seed, Stream.SAMPLING, round_num).choice(len(client_ids), size=k, replace=False)
+    return [client_ids[i] for i in picked]
+
+
+def run_rounds(process: tff.learning.templates.LearningProcess, run: RunState,
+               data: FederatedData, spec: LoopSpec, comm: RoundComm,
+               evaluate: Callable[[tff.learning.models.ModelWeights], dict[str, float]],
+               tracker: Tracker) -> RunState:
+    """Train from `run.next_round` to `spec.rounds`, logging every round at step = round."""
+    client_ids = list(data.train.client_ids)
+    if spec.rounds == 0:  # nothing to train: report the initial model
+        run.last = evaluate(process.get_model_weights(run.state))
+        tracker.log_metrics(run.last, step=0)
+        return run
+    for round_num in range(run.next_round, spec.rounds):
+        start = time.perf_counter()
+        sampled = sample_clients(client_ids, spec.clients_per_round, spec.seed, round_num)
+        datasets = [client_batches(data.train.create_tf_dataset_for_client(cid), spec.epochs,
+                                   spec.batch_size, spec.shuffle_buffer,
+                                   seed=int_seed(spec.seed, Stream.SHUFFLE, round_num, i))
+                    for i, cid in enumerate(sampled)]
+        output = process.next(run.state, datasets)
+        seconds = time.perf_counter() - start
+        run.state, run.next_round = output.state, round_num + 1
+        run.round_seconds.append(seconds)
+
+        train = output.metrics["client_work"]["train"]
+        bits = comm.round_metrics(len(sampled))
+        run.broadcasted_bits += bits["comm/broadcasted_bits"]
+        run.aggregated_bits += bits["comm/aggregated_bits"]
+        metrics = {"train/loss": float(train["loss"]),
+                   "train/accuracy": float(train["accuracy"]),
+                   "train/num_examples": float(train["num_examples"]),
+                   **bits,
+                   "comm/broadcasted_bits_cumulative": run.broadcasted_bits,
+                   "comm/aggregated_bits_cumulative": run.aggregated_bits,
+                   "time/round_seconds": seconds}
+        if run.next_round % spec.eval_every == 0 or run.next_round == spec.rounds:
+            metrics.update(evaluate(process.get_model_weights(run.state)))
+        run.last.update(metrics)
+        tracker.log_metrics(metrics, step=round_num)
+    return run

@@ -1,0 +1,178 @@
+"""TFF's C++ runtime, with a worker process this program owns and always stops.
+
+TFF's default context starts `worker_binary` lazily, lets it inherit stdout and
+stderr, and only stops it from a `__del__` that may never run. The worker then
+outlives a crashed or interrupted run, and `train ... | tee log` hangs because
+the worker still holds the pipe. `TffRuntime` builds the same execution context
+(`create_sync_local_cpp_execution_context` in TFF 0.87) around its own service
+manager, which
+  * starts the worker with its output in a log file, never our stdout/stderr;
+  * asks the kernel to SIGTERM the worker if this process dies, even by SIGKILL;
+  * stops it (SIGINT, then SIGKILL) on `close()`, at interpreter exit, and on
+    the way out of a `with` block that ends by exception or signal.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import portpicker
+import tensorflow_federated as tff
+from tensorflow_federated.python.core.backends.native import compiler
+from tensorflow_federated.python.core.environments.tensorflow_frontend import (
+    tensorflow_computation,
+)
+from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
+from tensorflow_federated.python.core.impl.execution_contexts import sync_execution_context
+from tensorflow_federated.python.core.impl.executor_stacks import python_executor_stacks
+from tensorflow_federated.python.core.impl.executors import (
+    remote_executor,
+    remote_executor_grpc_stub,
+)
+from tensorflow_federated.python.core.impl.types import placements
+
+WORKER_BINARY = Path(tff.__file__).parent / "data" / "worker_binary"
+_GRPC_OPTIONS = [("grpc.max_message_length", 2_000_000_000),
+                 ("grpc.max_receive_message_length", 2_000_000_000),
+                 ("grpc.max_send_message_length", 2_000_000_000)]
+_PR_SET_PDEATHSIG = 1
+_LIVE: set[WorkerService] = set()  # strong refs: a dropped service must still be stopped
+_current: list[WorkerService] = []  # the service behind the installed default context
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class WorkerService:
+    """One local `worker_binary` and the gRPC stub that talks to it."""
+
+    def __init__(self, log_path: Path | None = None, start_timeout: float = 60.0) -> None:
+        self.log_path = log_path
+        self.start_timeout = start_timeout
+        self.process: subprocess.Popen | None = None
+        self._channel: grpc.Channel | None = None
+        self._stub: remote_executor_grpc_stub.RemoteExecutorGrpcStub | None = None
+        _LIVE.add(self)
+
+    def stub(self) -> remote_executor_grpc_stub.RemoteExecutorGrpcStub:
+        """The stub of a running worker; (re)starts the worker when it is not running."""
+        if self._stub is not None and self.process is not None and self.process.poll() is None:
+            if self._stub.is_ready:
+                return self._stub
+        self.stop()
+        self._start()
+        return self._stub
+
+    def _start(self) -> None:
+        if not WORKER_BINARY.is_file():
+            raise RuntimeError(f"TFF's worker binary is missing at {WORKER_BINARY}; "
+                               "reinstall tensorflow-federated (scripts/bootstrap.py setup)")
+        port = portpicker.pick_unused_port()
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            self.process = subprocess.Popen(
+                [str(WORKER_BINARY), f"--port={port}", "--max_concurrent_computation_calls=-1"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,  # a terminal Ctrl-C reaches us; we stop the worker
+                preexec_fn=_die_with_parent)
+        finally:
+            if log is not subprocess.DEVNULL:
+                log.close()
+        self._channel = grpc.insecure_channel(f"localhost:{port}", _GRPC_OPTIONS)
+        self._stub = remote_executor_grpc_stub.RemoteExecutorGrpcStub(self._channel)
+        deadline = time.monotonic() + self.start_timeout
+        while not self._stub.is_ready:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                code = self.process.poll()
+                self.stop()
+                raise RuntimeError(f"TFF worker_binary did not start (exit code {code}); "
+                                   f"see {self.log_path or 'its output'}")
+            time.sleep(0.05)
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop the worker: SIGINT, then SIGKILL after `grace` seconds. Idempotent."""
+        if self._channel is not None:
+            self._channel.close()
+        self._channel = self._stub = None
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _executor_factory(
+        service: WorkerService) -> python_executor_stacks.ResourceManagingExecutorFactory:
+    def stack_fn(cardinalities):
+        cardinalities.setdefault(placements.CLIENTS, 0)
+        executor = remote_executor.RemoteExecutor(service.stub())
+        executor.set_cardinalities(cardinalities)
+        return executor
+
+    return python_executor_stacks.ResourceManagingExecutorFactory(executor_stack_fn=stack_fn)
+
+
+def install_default_context(service: WorkerService) -> None:
+    """Make `service` run every TFF computation (TFF's own default context is dropped
+    here, while it has no worker yet, so its `__del__` has nothing to clean up)."""
+    context = sync_execution_context.SyncExecutionContext(
+        executor_fn=_executor_factory(service),
+        compiler_fn=compiler.desugar_and_transform_to_native,
+        transform_args=tensorflow_computation.transform_args,
+        transform_result=tensorflow_computation.transform_result)
+    context_stack_impl.context_stack.set_default_context(context)
+    for previous in _current:
+        if previous is not service:
+            previous.stop()
+    _current[:] = [service]
+
+
+class TffRuntime:
+    """Context manager: TFF computations run on a worker that ends with the block."""
+
+    def __init__(self, log_path: Path | None = None) -> None:
+        self.service = WorkerService(log_path)
+
+    def __enter__(self) -> TffRuntime:
+        install_default_context(self.service)
+        self.service.stub()  # start now, from the main thread (see _die_with_parent)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.service.stop()
+
+    @property
+    def worker_pid(self) -> int | None:
+        return self.service.process.pid if self.service.process else None
+
+
+@atexit.register
+def stop_all_workers() -> None:
+    """Stop every worker this process started (also run at interpreter exit)."""
+    for service in list(_LIVE):
+        service.stop(grace=2.0)
+
+
+def _die_quietly_in_children() -> None:
+    # A forked child (e.g. a joblib worker) must not stop its parent's worker at exit.
+    _LIVE.clear()
+
+
+os.register_at_fork(after_in_child=_die_quietly_in_children)

@@ -1,0 +1,34 @@
+"""A console progress bar: round, loss, accuracy and bits at a glance."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+
+from tqdm import tqdm
+
+MIBIT = 2**20
+
+
+class ProgressBar:
+    def __init__(self, rounds: int, description: str = "rounds") -> None:
+        self._bar = tqdm(total=rounds, desc=description, unit="round", file=sys.stderr,
+                         dynamic_ncols=True, mininterval=0.5)
+        self._shown: dict[str, str] = {}
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        shown = self._shown
+        if "train/loss" in metrics:
+            shown["loss"] = f"{metrics['train/loss']:.3f}"
+            shown["acc"] = f"{metrics['train/accuracy']:.3f}"
+        if "eval/accuracy" in metrics:
+            shown["eval_acc"] = f"{metrics['eval/accuracy']:.3f}"
+        if "comm/aggregated_bits_cumulative" in metrics:
+            shown["up"] = f"{metrics['comm/aggregated_bits_cumulative'] / MIBIT:.1f}Mib"
+            shown["down"] = f"{metrics['comm/broadcasted_bits_cumulative'] / MIBIT:.1f}Mib"
+        self._bar.set_postfix(shown, refresh=False)
+        self._bar.n = min(step + 1, self._bar.total) if "train/loss" in metrics else self._bar.n
+        self._bar.refresh()
+
+    def close(self, status: str) -> None:
+        self._bar.close()

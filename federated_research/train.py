@@ -1,0 +1,135 @@
+"""`python -m federated_research.train [overrides]`: one FedAvg run, tracked.
+
+Builds every part from the composed config, runs the round loop, and reports
+to MLflow, TensorBoard and the console. Errors in what the user typed come out
+as one line (`error: <key>=<value>: <problem>. Fix: <what to type>`), exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from federated_research.config import register_schemas, validate
+from federated_research.errors import ConfigError, one_line
+
+log = logging.getLogger("federated_research")
+register_schemas()
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Run one job of the composed config; returns the final metrics."""
+    validate(cfg)  # before the heavy imports: bad input fails in a second
+    from federated_research.tracking.mlflow_sink import check_reachable, mlflow_ui_hint
+
+    check_reachable(cfg.tracking.mlflow_uri)
+    from federated_research.runtime import TffRuntime  # imports TensorFlow
+
+    logging.getLogger("absl").setLevel(logging.WARNING)  # TFF logs each model trace
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    with TffRuntime(output_dir / "tff_worker.log"):
+        run = _build_and_run(cfg, output_dir)
+    summary = {**run.last, "rounds": run.next_round,
+               "mean_round_seconds": (sum(run.round_seconds) / len(run.round_seconds)
+                                      if run.round_seconds else math.nan)}
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    log.info("done: eval accuracy %.4f, %d bits uploaded, %.2f s/round; outputs in %s; %s",
+             summary.get("eval/accuracy", math.nan), summary.get(
+                 "comm/aggregated_bits_cumulative", 0), summary["mean_round_seconds"],
+             output_dir, mlflow_ui_hint(cfg.tracking.mlflow_uri))
+    return summary
+
+
+def _build_and_run(cfg: DictConfig, output_dir: Path):
+    """Build every part from the config, then run the rounds inside an MLflow run."""
+    from federated_research.aggregators import build_aggregator
+    from federated_research.aggregators.comm_bits import round_comm
+    from federated_research.algorithms import initial_state
+    from federated_research.data import build_dataset
+    from federated_research.evaluation import CentralEvaluator
+    from federated_research.loop import LoopSpec, RunState, run_rounds
+    from federated_research.models import build_model
+    from federated_research.tracking.run import open_tracker
+
+    data = build_dataset(cfg.dataset, cfg.seed)
+    if cfg.clients_per_round > data.num_clients:
+        raise ConfigError(f"clients_per_round={cfg.clients_per_round}",
+                          f"the dataset has only {data.num_clients} training clients",
+                          f"pass clients_per_round={data.num_clients} or fewer")
+    model = build_model(cfg.model, data.input_shape, data.num_classes)
+    algorithm = hydra.utils.instantiate(cfg.algorithm, _partial_=True)(
+        model=model, aggregator=build_aggregator(cfg.aggregator),
+        client_optimizer=hydra.utils.instantiate(cfg.client_optimizer),
+        server_optimizer=hydra.utils.instantiate(cfg.server_optimizer))
+    comm = round_comm(algorithm.process, algorithm.distributor, algorithm.aggregation)
+    spec = LoopSpec(cfg.rounds, cfg.clients_per_round, cfg.eval_every, cfg.seed,
+                    cfg.client.epochs, cfg.client.batch_size, cfg.client.shuffle_buffer)
+    run = RunState(initial_state(algorithm.process, model, cfg.seed))
+    evaluate = CentralEvaluator(model, data.test, cfg.eval_batch_size)
+    with open_tracker(cfg, output_dir, {"comm_bits.json": comm.describe()}) as tracker:
+        return run_rounds(algorithm.process, run, data, spec, comm, evaluate, tracker)
+
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def hydra_main(cfg: DictConfig) -> float:
+    """Hydra's entry; returns the final eval accuracy (for sweepers that optimise it)."""
+    try:
+        return train(cfg).get("eval/accuracy", math.nan)
+    except Exception as exc:
+        user_error = _config_error_in(exc)
+        if user_error is None:
+            raise
+        print(f"error: {user_error}", file=sys.stderr)  # exit here: Hydra would add a line
+        raise SystemExit(2) from None
+
+
+def _config_error_in(exc: BaseException | None) -> ConfigError | None:
+    """The ConfigError behind `exc` (hydra.utils.instantiate wraps what builders raise)."""
+    while exc is not None and not isinstance(exc, ConfigError):
+        exc = exc.__cause__ or exc.__context__
+    return exc
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    return isinstance(exc, ConfigError | HydraException | OmegaConfBaseException)
+
+
+def main() -> None:
+    from federated_research.signals import Terminated, raise_on_sigterm
+
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us, to print them in one line
+    # TF's C++ INFO lines drown the progress bar and its import-time "Unable to
+    # register cuDNN factory" lines (CPU build) read like errors; set it to see them.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    raise_on_sigterm()
+    try:
+        hydra_main()
+    except (KeyboardInterrupt, Terminated) as exc:
+        print(f"interrupted ({exc or 'Ctrl-C'}): the run is marked KILLED", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001
+        cause = exc
+        while not _is_user_error(cause) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if not _is_user_error(cause):
+            raise
+        print(f"error: {one_line(cause)}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

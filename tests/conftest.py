@@ -1,0 +1,137 @@
+"""Shared fixtures: composed configs, a CLI runner, real MLflow stores, fixture data."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from federated_research import runtime
+from federated_research.config import register_schemas
+from federated_research.train import CONF_DIR
+
+REPO = CONF_DIR.parent
+register_schemas()
+# Computations run in tests without a TffRuntime use a worker this module owns
+# (started on first use, stopped at exit) instead of TFF's unmanaged default.
+runtime.install_default_context(runtime.WorkerService())
+
+
+def compose_config(overrides: list[str] | None = None, hydra_config: bool = False):
+    """The config `python -m federated_research.train <overrides>` would run."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            return compose("config", overrides=overrides or [],
+                           return_hydra_config=hydra_config)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def options(group: str) -> list[str]:
+    """Every selectable option of a config group (the YAML files in conf/<group>/)."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def cli_env(mlflow_uri: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MLFLOW_", "HYDRA_", "TF_CPP_"))}  # the CLI's own defaults
+    if mlflow_uri:
+        env["MLFLOW_TRACKING_URI"] = mlflow_uri
+    return env
+
+
+@pytest.fixture
+def run_cli(tmp_path: Path, mlflow_uri: str):
+    """Run the real entry point in a subprocess, from `tmp_path` (outputs land there)."""
+
+    def run(*overrides: str, timeout: float = 400, env: dict | None = None,
+            multirun: bool = False) -> subprocess.CompletedProcess:
+        args = [sys.executable, "-m", "federated_research.train", *(["-m"] if multirun else []),
+                "tracking.progress_bar=false", *overrides]
+        return subprocess.run(args, cwd=tmp_path, env=env or cli_env(mlflow_uri),
+                              capture_output=True, text=True, timeout=timeout)
+
+    return run
+
+
+def write_emnist_cache(cache_dir: Path, writers: int = 4, per_writer: int = 6,
+                       seed: int = 0) -> Path:
+    """A tiny `emnist_all.sqlite` in the exact schema TFF 0.87's SqlClientData reads."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / "emnist_all.sqlite"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE examples (split_name TEXT NOT NULL, client_id TEXT NOT NULL,"
+                " serialized_example_proto BLOB NOT NULL)")
+    con.execute("CREATE TABLE client_metadata (client_id TEXT NOT NULL, split_name TEXT"
+                " NOT NULL, num_examples INTEGER NOT NULL)")
+    for split in ("train", "test"):
+        for w in range(writers):
+            cid = f"f{w:04d}_00"
+            half = per_writer // 2  # half digits (0-9), half letters (10-61)
+            labels = np.concatenate([rng.integers(0, 10, half),
+                                     rng.integers(10, 62, per_writer - half)])
+            for prefix, keep in (("all", labels >= 0), ("digits_only", labels < 10)):
+                for label in labels[keep]:
+                    pixels = rng.random(784).astype(np.float32)
+                    ex = tf.train.Example(features=tf.train.Features(feature={
+                        "pixels": tf.train.Feature(float_list=tf.train.FloatList(value=pixels)),
+                        "label": tf.train.Feature(int64_list=tf.train.Int64List(
+                            value=[int(label)]))}))
+                    con.execute("INSERT INTO examples VALUES (?,?,?)",
+                                (f"{prefix}_{split}", cid, ex.SerializeToString()))
+                con.execute("INSERT INTO client_metadata VALUES (?,?,?)",
+                            (cid, f"{prefix}_{split}", int(keep.sum())))
+    con.commit()
+    con.close()
+    return path
+
+
+SESSION_MARK = "FEDERATED_RESEARCH_TEST_SESSION"
+os.environ[SESSION_MARK] = str(uuid.uuid4())  # inherited by every process the tests start
+
+
+def worker_binaries() -> list[psutil.Process]:
+    """TFF workers started by this test session (directly or by a CLI subprocess)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if not (cmd and cmd[0].endswith("worker_binary") and "tensorflow_federated" in cmd[0]):
+            continue
+        try:
+            if proc.environ().get(SESSION_MARK) == os.environ[SESSION_MARK]:
+                found.append(proc)
+        except psutil.Error:
+            continue  # exited meanwhile
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_worker_binary_left():
+    """Fails the suite if any test leaves a TFF worker_binary behind."""
+    yield
+    runtime.stop_all_workers()  # the in-process default worker ends with the session
+    time.sleep(0.5)
+    leaked = worker_binaries()
+    for proc in leaked:
+        proc.send_signal(signal.SIGKILL)
+    assert not leaked, f"worker_binary processes left running: {[p.pid for p in leaked]}"

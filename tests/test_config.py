@@ -1,0 +1,86 @@
+"""Composition: every option of every group, schemas, and range checks (no TensorFlow)."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.errors import ConfigCompositionException, MissingConfigException
+
+from federated_research.config import validate
+from federated_research.errors import ConfigError, one_line
+from tests.conftest import compose_config, options
+
+GROUPS = {"dataset": "dataset", "model": "model", "aggregator": "aggregator",
+          "algorithm": "algorithm", "optimizer@client_optimizer": "client_optimizer",
+          "optimizer@server_optimizer": "server_optimizer", "tracking": "tracking"}
+
+
+def all_options():
+    for group, node in GROUPS.items():
+        for option in options(group.split("@")[0]):
+            yield group, node, option
+
+
+@pytest.mark.parametrize(("group", "node", "option"), list(all_options()))
+def test_every_option_composes_and_validates(group, node, option):
+    cfg = compose_config([f"{group}={option}"])
+    validate(cfg)
+    assert cfg[node], f"{group}={option} composed an empty {node}"
+
+
+def test_contract_keys_exist_with_schema_types():
+    cfg = compose_config()
+    for key in ("rounds", "clients_per_round", "seed"):
+        assert isinstance(cfg[key], int)
+    for node in ("client_optimizer", "server_optimizer"):
+        assert isinstance(cfg[node].learning_rate, float)
+
+
+def test_optimizer_group_fills_client_and_server_independently():
+    cfg = compose_config(["optimizer@client_optimizer=sgdm", "optimizer@server_optimizer=adam",
+                          "client_optimizer.learning_rate=0.05"])
+    assert cfg.client_optimizer.momentum == 0.9
+    assert cfg.client_optimizer.learning_rate == 0.05
+    assert cfg.server_optimizer._target_.endswith("build_adam")
+
+
+def test_experiment_preset_reproduces_the_compression_tutorial():
+    cfg = compose_config(["experiment=compression_tutorial"])
+    assert cfg.dataset._target_.endswith("load_emnist")
+    assert cfg.model._target_.endswith("build_cnn")
+    assert cfg.aggregator._target_.endswith("compression_aggregator")
+    assert (cfg.client_optimizer.learning_rate, cfg.server_optimizer.learning_rate) == (0.02, 1.0)
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("client_optimizer.learning_rate=abc", "client_optimizer.learning_rate"),
+    ("rounds=ten", "rounds"),
+    ("dataset.partition=shards", "dataset.partition"),
+    ("client.batch_size=1.5", "client.batch_size"),
+])
+def test_wrong_types_fail_at_compose_time_naming_the_key(override, key):
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_config([override])
+    line = one_line(err.value)
+    assert "\n" not in line and line.startswith(key), line
+
+
+def test_unknown_option_lists_the_real_ones():
+    with pytest.raises(MissingConfigException) as err:
+        compose_config(["aggregator=nope"])
+    assert one_line(err.value) == ("aggregator=nope: no such option. "
+                                   "Fix: choose one of compression, mean, tff_compression")
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("rounds=-1", "rounds=-1"),
+    ("clients_per_round=0", "clients_per_round=0"),
+    ("eval_every=0", "eval_every=0"),
+    ("client.epochs=0", "client.epochs=0"),
+    ("client_optimizer.learning_rate=-0.1", "client_optimizer.learning_rate=-0.1"),
+    ("dataset.alpha=0", "dataset.alpha=0.0"),
+    ("dataset.test_fraction=1.0", "dataset.test_fraction=1.0"),
+])
+def test_out_of_range_values_are_rejected_naming_the_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        validate(compose_config([override]))
+    assert str(err.value).startswith(f"{key}: ") and "Fix: " in str(err.value)

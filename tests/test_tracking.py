@@ -1,0 +1,64 @@
+"""Sinks on real stores: statuses for how a run ends, flat params, logging kept intact."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import pytest
+from mlflow import MlflowClient
+
+from federated_research.signals import Terminated
+from federated_research.tracking import Tracker
+from federated_research.tracking.mlflow_sink import MlflowSink
+from federated_research.tracking.run import flatten
+from federated_research.tracking.tensorboard_sink import TensorBoardSink
+
+
+def _sink(uri: str, name: str) -> MlflowSink:
+    return MlflowSink(uri, "exp", name, params={"a.b": 1}, tags={"model": "cnn"})
+
+
+@pytest.mark.parametrize(("raised", "status"), [
+    (None, "FINISHED"), (RuntimeError("boom"), "FAILED"),
+    (KeyboardInterrupt(), "KILLED"), (Terminated("SIGTERM"), "KILLED")])
+def test_a_run_ends_with_the_status_of_how_it_ended(mlflow_uri, tmp_path, raised, status):
+    sink = _sink(mlflow_uri, status)
+    with pytest.raises(type(raised)) if raised else contextlib.nullcontext():
+        with Tracker([TensorBoardSink(tmp_path / "tb"), sink]) as tracker:
+            tracker.log_metrics({"train/loss": 1.5}, step=0)
+            if raised:
+                raise raised
+    run = MlflowClient(mlflow_uri).get_run(sink.run_id)
+    assert run.info.status == status
+    assert run.data.metrics["train/loss"] == 1.5 and run.data.params["a.b"] == "1"
+
+
+def test_a_failing_sink_does_not_keep_the_others_open(mlflow_uri):
+    class Broken:
+        def log_metrics(self, metrics, step):
+            pass
+
+        def close(self, status):
+            raise OSError("disk full")
+
+    sink = _sink(mlflow_uri, "x")
+    Tracker([Broken(), sink]).close("FAILED")
+    assert MlflowClient(mlflow_uri).get_run(sink.run_id).info.status == "FAILED"
+
+
+def test_creating_a_sqlite_store_keeps_the_root_loggers_handlers(mlflow_uri):
+    root = logging.getLogger()
+    marker = logging.NullHandler()
+    root.addHandler(marker)
+    try:
+        _sink(mlflow_uri, "logging")
+        assert marker in root.handlers
+    finally:
+        root.removeHandler(marker)
+
+
+def test_flatten_makes_dotted_param_names():
+    assert flatten({"client": {"epochs": 1, "batch_size": 20}, "seed": 0}) == {
+        "client.epochs": 1, "client.batch_size": 20, "seed": 0}
+

@@ -1,0 +1,225 @@
+"""The entry point end to end: real TFF rounds, a real MLflow store, TensorBoard files
+read back with TensorBoard's own reader, Hydra multirun, bad input, signals."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import portpicker
+import psutil
+import pytest
+from mlflow import MlflowClient
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.util import tensor_util
+
+from tests.conftest import cli_env
+
+CONTRACT = ["train/loss", "train/accuracy", "train/num_examples", "comm/broadcasted_bits",
+            "comm/aggregated_bits", "comm/broadcasted_bits_cumulative",
+            "comm/aggregated_bits_cumulative", "time/round_seconds"]
+LINEAR_BITS = 7850 * 32  # the 784->10 model, float32
+
+
+def _runs(uri: str):
+    client = MlflowClient(uri)
+    experiments = client.search_experiments()
+    return client, client.search_runs([e.experiment_id for e in experiments])
+
+
+def _history(client: MlflowClient, run_id: str, key: str) -> dict[int, float]:
+    return {m.step: m.value for m in client.get_metric_history(run_id, key)}
+
+
+def _tensorboard(logdir: Path) -> dict[str, dict[int, float]]:
+    acc = EventAccumulator(str(logdir), size_guidance={"tensors": 0})
+    acc.Reload()
+    return {tag: {e.step: float(tensor_util.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)}
+            for tag in acc.Tags()["tensors"]}
+
+
+def test_two_rounds_are_tracked_identically_in_mlflow_and_tensorboard(tmp_path, mlflow_uri):
+    """Also run through `| tee`, which hangs if the TFF worker holds our stdout."""
+    cmd = (f"set -o pipefail; {sys.executable} -m federated_research.train rounds=2 "
+           f"model=linear clients_per_round=4 eval_every=5 hydra.run.dir={tmp_path}/out "
+           f"2>&1 | tee {tmp_path}/log")
+    done = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env=cli_env(mlflow_uri),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "done: eval accuracy" in (tmp_path / "log").read_text()
+
+    client, runs = _runs(mlflow_uri)
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["dataset"] == "mnist" and run.data.tags["model"] == "linear"
+    assert run.data.tags["aggregator"] == "mean" and run.data.tags["client_optimizer"] == "sgd"
+    assert run.data.params["client_optimizer.learning_rate"] == "0.05"
+    assert run.data.params["rounds"] == "2" and run.data.params["client.batch_size"] == "20"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, ".hydra")}
+    assert {".hydra/config.yaml", ".hydra/overrides.yaml"} <= artifacts
+    comm = json.loads((Path(client.download_artifacts(run.info.run_id, "comm_bits.json",
+                                                        str(tmp_path)))).read_text())
+    assert comm["per_client_bits"]["model_down"] == LINEAR_BITS
+
+    board = _tensorboard(tmp_path / "out" / "tensorboard")
+    for key in CONTRACT:
+        logged = _history(client, run.info.run_id, key)
+        assert sorted(logged) == [0, 1], key
+        assert board[key] == pytest.approx(logged, rel=1e-6), key
+    for key in ("eval/loss", "eval/accuracy"):  # eval_every=5 > rounds: only the last round
+        assert sorted(_history(client, run.info.run_id, key)) == [1]
+        assert sorted(board[key]) == [1]
+    bits = _history(client, run.info.run_id, "comm/broadcasted_bits")
+    assert bits == {0: 4 * LINEAR_BITS, 1: 4 * LINEAR_BITS}
+    assert _history(client, run.info.run_id, "comm/aggregated_bits_cumulative")[1] == \
+        2 * 4 * (LINEAR_BITS + 32)
+    assert _history(client, run.info.run_id, "train/num_examples")[0] > 0
+
+
+def test_multirun_gives_one_run_per_job_side_by_side(tmp_path, mlflow_uri, run_cli):
+    """In parallel (joblib launcher): the jobs share one new SQLite store."""
+    done = run_cli("hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                   "aggregator=mean,compression", "rounds=1", "clients_per_round=2",
+                   "model=cnn", multirun=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client, runs = _runs(mlflow_uri)
+    assert len(runs) == 2 and len({r.info.experiment_id for r in runs}) == 1
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    by_aggregator = {r.data.tags["aggregator"]: r for r in runs}
+    assert set(by_aggregator) == {"mean", "compression"}
+    up = {name: _history(client, r.info.run_id, "comm/aggregated_bits")[0]
+          for name, r in by_aggregator.items()}
+    assert up["compression"] < up["mean"] / 3
+    boards = sorted(tmp_path.glob("multirun/*/*/*/tensorboard"))
+    names = [b.parent.name for b in boards]
+    assert names[0].startswith("0_aggregator=mean,") and names[1].startswith(
+        "1_aggregator=compression,"), names
+    assert all(_tensorboard(b)["comm/aggregated_bits"] for b in boards)
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    (["rounds=-1"], "error: rounds=-1: must be 0 or more. Fix: pass e.g. rounds=20"),
+    (["clients_per_round=0"], "error: clients_per_round=0: must be at least 1"),
+    (["clients_per_round=41"], "error: clients_per_round=41: the dataset has only 40"),
+    (["aggregator=nope"], "error: aggregator=nope: no such option. Fix: choose one of"),
+    (["client_optimizer.learning_rate=abc"], "error: client_optimizer.learning_rate=abc:"),
+    (["dataset=emnist", "dataset.cache_dir=NOCACHE"], "error: dataset.cache_dir="),
+])
+def test_bad_input_is_one_line_exit_2_and_no_running_run(tmp_path, mlflow_uri, run_cli,
+                                                         overrides, expected):
+    overrides = [o.replace("NOCACHE", str(tmp_path / "nocache")) for o in overrides]
+    done = run_cli(*overrides, timeout=200)
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert done.returncode == 2, lines
+    assert len(lines) == 1 and lines[0].startswith(expected), lines
+    if Path(mlflow_uri.removeprefix("sqlite:///")).exists():
+        assert all(r.info.status != "RUNNING" for r in _runs(mlflow_uri)[1])
+
+
+def test_missing_cache_error_names_the_file_to_put_there(tmp_path, run_cli):
+    done = run_cli("dataset=emnist", f"dataset.cache_dir={tmp_path}/c", timeout=200)
+    assert f"{tmp_path}/c/emnist_all.sqlite does not exist" in done.stderr
+    assert "make_tff_cache.py" in done.stderr
+
+
+def test_unreachable_tracking_server_fails_fast_in_one_line(tmp_path, run_cli):
+    port = portpicker.pick_unused_port()
+    start = time.monotonic()
+    done = run_cli(env=cli_env(f"http://127.0.0.1:{port}"), timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith(f"error: tracking.mlflow_uri=http://127.0.0.1:{port}:")
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert time.monotonic() - start < 60
+
+
+def test_emnist_trains_from_a_tff_cache(tmp_path, mlflow_uri, run_cli):
+    from tests.conftest import write_emnist_cache
+
+    write_emnist_cache(tmp_path / "cache", writers=4, per_writer=6)
+    done = run_cli("dataset=emnist", f"dataset.cache_dir={tmp_path}/cache",
+                   "dataset.only_digits=false", "model=linear", "rounds=1",
+                   "clients_per_round=3")
+    assert done.returncode == 0, done.stderr[-3000:]
+    client, runs = _runs(mlflow_uri)
+    assert runs[0].info.status == "FINISHED"
+    # 62 classes: a 784 x 62 + 62 model is broadcast to each of the 3 clients.
+    assert _history(client, runs[0].info.run_id, "comm/broadcasted_bits")[0] == 3 * 48670 * 32
+
+
+def test_sigterm_marks_the_run_killed_and_stops_the_worker(tmp_path, mlflow_uri):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "federated_research.train", "rounds=500", "model=linear",
+         "tracking.progress_bar=false"], cwd=tmp_path, env=cli_env(mlflow_uri),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:  # wait until rounds are being logged
+        if Path(mlflow_uri.removeprefix("sqlite:///")).exists():
+            client, runs = _runs(mlflow_uri)
+            if runs and _history(client, runs[0].info.run_id, "train/loss"):
+                break
+        time.sleep(1)
+    workers = [c for c in psutil.Process(proc.pid).children(recursive=True)
+               if "worker_binary" in c.name()]
+    assert workers, "the run should have a TFF worker"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 130, proc.stderr.read()[-2000:]
+    client, runs = _runs(mlflow_uri)
+    assert runs[0].info.status == "KILLED"
+    time.sleep(1)
+    assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_same_seed_same_metrics_other_seed_other_metrics(tmp_path, mlflow_uri, run_cli):
+    done = run_cli("aggregator=mean,compression", "seed=7,7,8", "model=cnn", "rounds=2",
+                   "clients_per_round=3", "eval_every=1", f"hydra.sweep.dir={tmp_path}/sweep",
+                   "hydra.sweep.subdir=${hydra.job.num}", multirun=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    keys = ["train/loss", "train/accuracy", "eval/loss", "eval/accuracy",
+            "comm/aggregated_bits_cumulative"]
+    results = [{k: json.loads((tmp_path / "sweep" / str(n) / "summary.json").read_text())[k]
+                for k in keys} for n in range(6)]
+    for first, again, other in (results[0:3], results[3:6]):  # mean, then compression
+        assert first == again
+        assert first["train/loss"] != other["train/loss"]
+    assert results[0]["train/loss"] != results[3]["train/loss"]
+
+
+def test_logs_to_a_real_mlflow_server(tmp_path, run_cli):
+    port = portpicker.pick_unused_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
+         "--port", str(port), "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+         "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
+        cwd=tmp_path, env=cli_env(None), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        import urllib.request
+
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "mlflow server did not start"
+                time.sleep(0.5)
+        done = run_cli("model=linear", "rounds=1", "clients_per_round=2", env=cli_env(uri))
+        assert done.returncode == 0, done.stderr[-3000:]
+        client, runs = _runs(uri)
+        assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+        assert _history(client, runs[0].info.run_id, "comm/broadcasted_bits") == {
+            0: 2 * LINEAR_BITS}
+        assert {a.path for a in client.list_artifacts(runs[0].info.run_id)} >= {
+            ".hydra", "comm_bits.json"}
+    finally:
+        import os
+
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+
