@@ -87,6 +87,7 @@ def test_multirun_gives_one_run_per_job_side_by_side(tmp_path, mlflow_uri, run_c
                    "aggregator=mean,compression", "rounds=1", "clients_per_round=2",
                    "model=cnn", multirun=True)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "PrepareMlflowStore" not in done.stderr  # the store was made before the jobs
     client, runs = _runs(mlflow_uri)
     assert len(runs) == 2 and len({r.info.experiment_id for r in runs}) == 1
     assert {r.info.status for r in runs} == {"FINISHED"}
@@ -154,22 +155,28 @@ def test_emnist_trains_from_a_tff_cache(tmp_path, mlflow_uri, run_cli):
 def test_sigterm_marks_the_run_killed_and_stops_the_worker(tmp_path, mlflow_uri):
     proc = subprocess.Popen(
         [sys.executable, "-m", "federated_research.train", "rounds=500", "model=linear",
-         "tracking.progress_bar=false"], cwd=tmp_path, env=cli_env(mlflow_uri),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:  # wait until rounds are being logged
-        if Path(mlflow_uri.removeprefix("sqlite:///")).exists():
-            client, runs = _runs(mlflow_uri)
-            if runs and _history(client, runs[0].info.run_id, "train/loss"):
-                break
-        time.sleep(1)
-    workers = [c for c in psutil.Process(proc.pid).children(recursive=True)
-               if "worker_binary" in c.name()]
-    assert workers, "the run should have a TFF worker"
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(60) == 130, proc.stderr.read()[-2000:]
+         "tracking.progress_bar=false", f"hydra.run.dir={tmp_path}/out"], cwd=tmp_path,
+        env=cli_env(mlflow_uri), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        # Watch TensorBoard's files, not the store: a second MLflow client on a new
+        # SQLite store would race the run's own schema migration.
+        while not (tmp_path / "out" / "tensorboard").is_dir() or not _tensorboard(
+                tmp_path / "out" / "tensorboard").get("train/loss"):
+            assert proc.poll() is None and time.monotonic() < deadline, "no round was logged"
+            time.sleep(1)
+        workers = [c for c in psutil.Process(proc.pid).children(recursive=True)
+                   if "worker_binary" in c.name()]
+        assert workers, "the run should have a TFF worker"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 130, proc.stderr.read()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     client, runs = _runs(mlflow_uri)
     assert runs[0].info.status == "KILLED"
+    assert _history(client, runs[0].info.run_id, "train/loss")  # what was logged is kept
     time.sleep(1)
     assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import tensorflow as tf
 import tensorflow_federated as tff
+
+from federated_research.models import ModelSpec
+from federated_research.seeds import Stream, int_seed
 
 
 @dataclass(frozen=True)
@@ -20,7 +24,8 @@ class FederatedAlgorithm:
     aggregation: tff.templates.AggregationProcess
 
 
-def initial_state(process: tff.learning.templates.LearningProcess, model, seed: int):
+def initial_state(process: tff.learning.templates.LearningProcess, model: ModelSpec,
+                  seed: int) -> object:
     """`process.initialize()` with the model weights drawn from the run seed.
 
     TFF initialises weights inside its own graphs without a seed, so two runs
@@ -28,10 +33,6 @@ def initial_state(process: tff.learning.templates.LearningProcess, model, seed: 
     under a seed derived from the run seed (after the process is built, see
     ARCHITECTURE.md §4) and the result replaces the initial weights.
     """
-    import tensorflow as tf
-
-    from federated_research.seeds import Stream, int_seed
-
     tf.keras.utils.set_random_seed(int_seed(seed, Stream.INIT))
     keras_model = model.keras_fn()
     weights = tff.learning.models.ModelWeights(

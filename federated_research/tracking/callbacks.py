@@ -13,15 +13,17 @@ class PrepareMlflowStore(Callback):
 
     Jobs of a parallel sweep (hydra/launcher=joblib) would otherwise all find a
     new SQLite store empty and run MLflow's schema migrations at the same time,
-    which fails ("duplicate column name"). An unreachable server is reported
-    here too, once, instead of by every job.
+    which fails ("duplicate column name"). Hydra only warns when a callback
+    raises, so an unreachable server is then still reported by each job.
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra.core.hydra_config import HydraConfig
         from mlflow import MlflowClient
 
         from federated_research.tracking.mlflow_sink import check_reachable, ensure_experiment
 
+        HydraConfig.instance().set_config(config)  # not yet set here; ${hydra:...} needs it
         uri = config.tracking.mlflow_uri
         check_reachable(uri)
         ensure_experiment(MlflowClient(tracking_uri=uri), config.tracking.experiment, uri)

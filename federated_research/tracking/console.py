@@ -27,8 +27,10 @@ class ProgressBar:
             shown["up"] = f"{metrics['comm/aggregated_bits_cumulative'] / MIBIT:.1f}Mib"
             shown["down"] = f"{metrics['comm/broadcasted_bits_cumulative'] / MIBIT:.1f}Mib"
         self._bar.set_postfix(shown, refresh=False)
-        self._bar.n = min(step + 1, self._bar.total) if "train/loss" in metrics else self._bar.n
-        self._bar.refresh()
+        if "train/loss" in metrics:  # a trained round (rounds=0 only logs an evaluation)
+            self._bar.update(1)
+        else:
+            self._bar.refresh()
 
     def close(self, status: str) -> None:
         self._bar.close()

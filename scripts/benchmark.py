@@ -1,0 +1,67 @@
+#!/usr/bin/env python3
+"""Benchmark a sweep: wall time, seconds per round, peak memory, bits and accuracy.
+
+    .venv/bin/python scripts/benchmark.py             # CNN, mean vs compression, 30 rounds
+    .venv/bin/python scripts/benchmark.py model=linear rounds=10   # any overrides
+
+Runs `python -m federated_research.train -m <overrides>` as a user would, samples
+the resident memory of its whole process tree (Python + TFF's worker_binary)
+every 0.2 s, then prints the compare_runs table of the sweep. Speed is measured
+here, never in unit tests.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_runs import collect, print_table  # noqa: E402
+
+DEFAULT = ["model=cnn", "aggregator=mean,compression", "rounds=30"]
+
+
+def _tree_rss(proc: psutil.Process) -> int:
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def main(overrides: list[str]) -> None:
+    import os
+
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    sweep = Path("multirun") / f"bench_{stamp}"
+    uri = os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{Path.cwd() / 'mlflow.db'}")
+    cmd = [sys.executable, "-m", "federated_research.train", "-m", *(overrides or DEFAULT),
+           "tracking.progress_bar=false", f"hydra.sweep.dir={sweep}"]
+    print("running:", " ".join(cmd), flush=True)
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+    watcher, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        peak = max(peak, _tree_rss(watcher))
+        time.sleep(0.2)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"error: the sweep failed with exit code {proc.returncode}")
+    rows = collect(uri, "federated_research", str(sweep))
+    print()
+    print_table(rows)
+    print(f"\nwall time {wall:.1f} s for {len(rows)} jobs; peak resident memory of the "
+          f"process tree {peak / 2**20:,.0f} MiB")
+    (sweep / "benchmark.json").write_text(json.dumps(
+        {"command": cmd, "wall_seconds": wall, "peak_rss_bytes": peak, "runs": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
