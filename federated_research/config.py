@@ -1,6 +1,6 @@
 """Structured-config schemas and value checks.
 
-The YAML files in conf/ extend these dataclasses (`defaults: [<name>_schema]`),
+The YAML files in conf/ extend these dataclasses (`- /schema/<group>/<name>@_here_`),
 so a wrong type (`client_optimizer.learning_rate=abc`, `rounds=ten`) or an
 unknown key fails while Hydra composes, before TensorFlow is even imported.
 Ranges that a type cannot express (`rounds=-1`) are checked by `validate`.
@@ -110,17 +110,16 @@ def register_schemas() -> None:
     """Put the schemas where the YAML files' defaults lists look for them."""
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
-    cs.store(group="dataset", name="mnist_schema", node=MnistConfig)
-    cs.store(group="dataset", name="emnist_schema", node=EmnistConfig)
-    cs.store(group="model", name="model_schema", node=TargetConfig)
-    cs.store(group="aggregator", name="aggregator_schema", node=TargetConfig)
-    cs.store(group="aggregator", name="compression_schema", node=CompressionConfig)
-    cs.store(group="aggregator", name="tff_compression_schema", node=TffCompressionConfig)
-    cs.store(group="algorithm", name="algorithm_schema", node=TargetConfig)
-    cs.store(group="optimizer", name="sgdm_schema", node=SgdmConfig)
-    cs.store(group="optimizer", name="adam_schema", node=AdamConfig)
-    cs.store(group="tracking", name="tracking_schema", node=TrackingConfig)
-
+    # In their own group, so that `--help` lists only real options under each group;
+    # the option files pull theirs in with `- /schema/<group>/<name>@_here_`.
+    for group, name, node in (
+            ("dataset", "mnist", MnistConfig), ("dataset", "emnist", EmnistConfig),
+            ("model", "target", TargetConfig), ("aggregator", "target", TargetConfig),
+            ("aggregator", "compression", CompressionConfig),
+            ("aggregator", "tff_compression", TffCompressionConfig),
+            ("algorithm", "target", TargetConfig), ("optimizer", "sgdm", SgdmConfig),
+            ("optimizer", "adam", AdamConfig), ("tracking", "default", TrackingConfig)):
+        cs.store(group=f"schema/{group}", name=name, node=node)
 
 def _check(ok: bool, key: str, value: object, problem: str, example: str) -> None:
     if not ok:

@@ -23,7 +23,7 @@ def one_line(exc: BaseException) -> str:
     if isinstance(exc, ConfigError):
         return str(exc)
     if isinstance(exc, MissingConfigException):
-        options = sorted(o for o in (exc.options or []) if not o.endswith("_schema"))
+        options = sorted(exc.options or [])
         group = (exc.missing_cfg_file or "").rsplit("/", 1)[0]
         name = (exc.missing_cfg_file or "").rsplit("/", 1)[-1]
         if options and group:

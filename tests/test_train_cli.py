@@ -152,7 +152,8 @@ def test_emnist_trains_from_a_tff_cache(tmp_path, mlflow_uri, run_cli):
     assert _history(client, runs[0].info.run_id, "comm/broadcasted_bits")[0] == 3 * 48670 * 32
 
 
-def test_sigterm_marks_the_run_killed_and_stops_the_worker(tmp_path, mlflow_uri):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_marks_the_run_killed_and_stops_the_worker(tmp_path, mlflow_uri, sig):
     proc = subprocess.Popen(
         [sys.executable, "-m", "federated_research.train", "rounds=500", "model=linear",
          "tracking.progress_bar=false", f"hydra.run.dir={tmp_path}/out"], cwd=tmp_path,
@@ -168,7 +169,7 @@ def test_sigterm_marks_the_run_killed_and_stops_the_worker(tmp_path, mlflow_uri)
         workers = [c for c in psutil.Process(proc.pid).children(recursive=True)
                    if "worker_binary" in c.name()]
         assert workers, "the run should have a TFF worker"
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)  # SIGINT is what Ctrl-C sends
         assert proc.wait(60) == 130, proc.stderr.read()[-2000:]
     finally:
         if proc.poll() is None:
