@@ -170,9 +170,11 @@ def stop_all_workers() -> None:
         service.stop(grace=2.0)
 
 
-def _die_quietly_in_children() -> None:
-    # A forked child (e.g. a joblib worker) must not stop its parent's worker at exit.
+def _forget_parents_workers() -> None:
+    # A forked child (e.g. a multiprocessing worker) must never signal its parent's
+    # worker: not at exit, and not when it installs a runtime of its own.
     _LIVE.clear()
+    _current.clear()
 
 
-os.register_at_fork(after_in_child=_die_quietly_in_children)
+os.register_at_fork(after_in_child=_forget_parents_workers)

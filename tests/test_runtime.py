@@ -61,3 +61,24 @@ def test_worker_dies_with_its_parent_even_on_sigkill(tmp_path):
     parent.send_signal(signal.SIGKILL)
     parent.wait(30)
     assert _gone(worker, within=15)
+
+
+def _install_a_runtime_of_its_own():
+    from federated_research import runtime
+
+    runtime.install_default_context(runtime.WorkerService())
+    runtime.stop_all_workers()  # and what it runs at exit
+
+
+def test_a_forked_child_leaves_its_parents_worker_alone(tmp_path):
+    import multiprocessing
+
+    with TffRuntime(tmp_path / "parent.log") as parent:
+        pid = parent.worker_pid
+        ctx = multiprocessing.get_context("fork")
+        child = ctx.Process(target=_install_a_runtime_of_its_own)
+        child.start()
+        child.join(30)
+        assert child.exitcode == 0
+        assert psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        assert psutil.Process(pid).is_running()
