@@ -121,6 +121,7 @@ def register_schemas() -> None:
             ("optimizer", "adam", AdamConfig), ("tracking", "default", TrackingConfig)):
         cs.store(group=f"schema/{group}", name=name, node=node)
 
+
 def _check(ok: bool, key: str, value: object, problem: str, example: str) -> None:
     if not ok:
         raise ConfigError(f"{key}={value}", problem, f"pass e.g. {key}={example}")
