@@ -94,6 +94,7 @@ class Config:
     dataset: Any = MISSING
     model: Any = MISSING
     aggregator: Any = MISSING
+    distributor: Any = MISSING
     algorithm: Any = MISSING
     client_optimizer: Any = MISSING
     server_optimizer: Any = MISSING
@@ -104,6 +105,7 @@ class Config:
     seed: int = 0
     eval_every: int = 5
     eval_batch_size: int = 500
+    log_update_error: bool = True
 
 
 def register_schemas() -> None:
@@ -115,6 +117,7 @@ def register_schemas() -> None:
     for group, name, node in (
             ("dataset", "mnist", MnistConfig), ("dataset", "emnist", EmnistConfig),
             ("model", "target", TargetConfig), ("aggregator", "target", TargetConfig),
+            ("distributor", "target", TargetConfig),
             ("aggregator", "compression", CompressionConfig),
             ("aggregator", "tff_compression", TffCompressionConfig),
             ("algorithm", "target", TargetConfig), ("optimizer", "sgdm", SgdmConfig),

@@ -46,6 +46,30 @@ def sample_clients(client_ids: list[str], k: int, seed: int, round_num: int) -> 
     return [client_ids[i] for i in picked]
 
 
+def client_datasets(data: FederatedData, sampled: list[str], spec: LoopSpec,
+                    round_num: int) -> list:
+    """The round's client datasets, each shuffled by its own seed (round, position)."""
+    return [client_batches(data.train.create_tf_dataset_for_client(cid), spec.epochs,
+                           spec.batch_size, spec.shuffle_buffer,
+                           seed=int_seed(spec.seed, Stream.SHUFFLE, round_num, i))
+            for i, cid in enumerate(sampled)]
+
+
+def error_metrics(metrics) -> dict[str, float]:
+    """comm/update_* and comm/broadcast_* errors, wherever the processes report them."""
+    found = {}
+    stack = [metrics]
+    while stack:
+        node = stack.pop()
+        if hasattr(node, "items"):
+            for key, value in node.items():
+                if key in {"update_mse", "update_nmse", "broadcast_mse", "broadcast_nmse"}:
+                    found[f"comm/{key}"] = float(value)
+                else:
+                    stack.append(value)
+    return found
+
+
 def run_rounds(process: tff.learning.templates.LearningProcess, run: RunState,
                data: FederatedData, spec: LoopSpec, comm: RoundComm,
                evaluate: Callable[[tff.learning.models.ModelWeights], dict[str, float]],
@@ -59,10 +83,7 @@ def run_rounds(process: tff.learning.templates.LearningProcess, run: RunState,
     for round_num in range(run.next_round, spec.rounds):
         start = time.perf_counter()
         sampled = sample_clients(client_ids, spec.clients_per_round, spec.seed, round_num)
-        datasets = [client_batches(data.train.create_tf_dataset_for_client(cid), spec.epochs,
-                                   spec.batch_size, spec.shuffle_buffer,
-                                   seed=int_seed(spec.seed, Stream.SHUFFLE, round_num, i))
-                    for i, cid in enumerate(sampled)]
+        datasets = client_datasets(data, sampled, spec, round_num)
         output = process.next(run.state, datasets)
         seconds = time.perf_counter() - start
         run.state, run.next_round = output.state, round_num + 1
@@ -76,6 +97,7 @@ def run_rounds(process: tff.learning.templates.LearningProcess, run: RunState,
                    "train/accuracy": float(train["accuracy"]),
                    "train/num_examples": float(train["num_examples"]),
                    **bits,
+                   **error_metrics(output.metrics),
                    "comm/broadcasted_bits_cumulative": run.broadcasted_bits,
                    "comm/aggregated_bits_cumulative": run.aggregated_bits,
                    "time/round_seconds": seconds}

@@ -50,32 +50,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def _build_and_run(cfg: DictConfig, output_dir: Path):
     """Build every part from the config, then run the rounds inside an MLflow run."""
-    from federated_research.aggregators import build_aggregator
-    from federated_research.aggregators.comm_bits import round_comm
-    from federated_research.algorithms import initial_state
-    from federated_research.data import build_dataset
+    from federated_research.build import build_run_parts
     from federated_research.evaluation import CentralEvaluator
-    from federated_research.loop import LoopSpec, RunState, run_rounds
-    from federated_research.models import build_model
+    from federated_research.loop import RunState, run_rounds
     from federated_research.tracking.run import open_tracker
 
-    data = build_dataset(cfg.dataset, cfg.seed)
-    if cfg.clients_per_round > data.num_clients:
-        raise ConfigError(f"clients_per_round={cfg.clients_per_round}",
-                          f"the dataset has only {data.num_clients} training clients",
-                          f"pass clients_per_round={data.num_clients} or fewer")
-    model = build_model(cfg.model, data.input_shape, data.num_classes)
-    algorithm = hydra.utils.instantiate(cfg.algorithm, _partial_=True)(
-        model=model, aggregator=build_aggregator(cfg.aggregator),
-        client_optimizer=hydra.utils.instantiate(cfg.client_optimizer),
-        server_optimizer=hydra.utils.instantiate(cfg.server_optimizer))
-    comm = round_comm(algorithm.process, algorithm.distributor, algorithm.aggregation)
-    spec = LoopSpec(cfg.rounds, cfg.clients_per_round, cfg.eval_every, cfg.seed,
-                    cfg.client.epochs, cfg.client.batch_size, cfg.client.shuffle_buffer)
-    run = RunState(initial_state(algorithm.process, model, cfg.seed))
-    evaluate = CentralEvaluator(model, data.test, cfg.eval_batch_size)
-    with open_tracker(cfg, output_dir, {"comm_bits.json": comm.describe()}) as tracker:
-        return run_rounds(algorithm.process, run, data, spec, comm, evaluate, tracker)
+    parts = build_run_parts(cfg)
+    run = RunState(parts.initial_state)
+    evaluate = CentralEvaluator(parts.model, parts.data.test, cfg.eval_batch_size)
+    weights = parts.algorithm.process.get_model_weights(parts.initial_state)
+    comm = {**parts.comm.describe(), "model_parameters": int(sum(
+        w.size for w in [*weights.trainable, *weights.non_trainable]))}
+    with open_tracker(cfg, output_dir, {"comm_bits.json": comm}) as tracker:
+        return run_rounds(parts.algorithm.process, run, parts.data, parts.spec, parts.comm,
+                          evaluate, tracker)
 
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"

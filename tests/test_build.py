@@ -7,6 +7,7 @@ import pytest
 import tensorflow_federated as tff
 
 from federated_research.aggregators import build_aggregator
+from federated_research.distributors import build_distributor
 from federated_research.models import build_model
 from tests.conftest import compose_config, options
 
@@ -36,9 +37,24 @@ def test_every_aggregator_builds_a_learning_process(aggregator, algorithm):
     model = build_model(cfg.model, (28, 28, 1), 10)
     built = hydra.utils.instantiate(cfg.algorithm, _partial_=True)(
         model=model, aggregator=build_aggregator(cfg.aggregator),
+        distributor=build_distributor(cfg.distributor),
         client_optimizer=hydra.utils.instantiate(cfg.client_optimizer),
         server_optimizer=hydra.utils.instantiate(cfg.server_optimizer))
     assert isinstance(built.process, tff.learning.templates.LearningProcess)
     state = built.process.initialize()  # runs on the real TFF worker
     weights = built.process.get_model_weights(state)
     assert [w.shape for w in weights.trainable] == [(784, 10), (10,)]
+
+
+@pytest.mark.parametrize("distributor", options("distributor"))
+def test_every_distributor_builds_a_learning_process(distributor):
+    cfg = compose_config([f"distributor={distributor}", "model=linear"])
+    model = build_model(cfg.model, (28, 28, 1), 10)
+    built = hydra.utils.instantiate(cfg.algorithm, _partial_=True)(
+        model=model, aggregator=build_aggregator(cfg.aggregator),
+        distributor=build_distributor(cfg.distributor),
+        client_optimizer=hydra.utils.instantiate(cfg.client_optimizer),
+        server_optimizer=hydra.utils.instantiate(cfg.server_optimizer))
+    state = built.process.initialize()
+    assert [w.shape for w in built.process.get_model_weights(state).trainable] == [
+        (784, 10), (10,)]

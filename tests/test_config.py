@@ -10,6 +10,7 @@ from federated_research.errors import ConfigError, one_line
 from tests.conftest import compose_config, options
 
 GROUPS = {"dataset": "dataset", "model": "model", "aggregator": "aggregator",
+          "distributor": "distributor",
           "algorithm": "algorithm", "optimizer@client_optimizer": "client_optimizer",
           "optimizer@server_optimizer": "server_optimizer", "tracking": "tracking"}
 
@@ -67,8 +68,9 @@ def test_wrong_types_fail_at_compose_time_naming_the_key(override, key):
 def test_unknown_option_lists_the_real_ones():
     with pytest.raises(MissingConfigException) as err:
         compose_config(["aggregator=nope"])
-    assert one_line(err.value) == ("aggregator=nope: no such option. "
-                                   "Fix: choose one of compression, mean, tff_compression")
+    assert one_line(err.value) == ("aggregator=nope: no such option. Fix: choose one of "
+                                   + ", ".join(options("aggregator")))
+    assert {"mean", "compression", "drive", "topk"} <= set(options("aggregator"))
 
 
 @pytest.mark.parametrize(("override", "key"), [

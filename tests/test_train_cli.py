@@ -110,6 +110,8 @@ def test_multirun_gives_one_run_per_job_side_by_side(tmp_path, mlflow_uri, run_c
     (["aggregator=nope"], "error: aggregator=nope: no such option. Fix: choose one of"),
     (["client_optimizer.learning_rate=abc"], "error: client_optimizer.learning_rate=abc:"),
     (["dataset=emnist", "dataset.cache_dir=NOCACHE"], "error: dataset.cache_dir="),
+    (["aggregator=drive", "aggregator.block_size=1000"],
+     "error: aggregator.block_size=1000: must be a power of two"),
 ])
 def test_bad_input_is_one_line_exit_2_and_no_running_run(tmp_path, mlflow_uri, run_cli,
                                                          overrides, expected):
@@ -120,6 +122,31 @@ def test_bad_input_is_one_line_exit_2_and_no_running_run(tmp_path, mlflow_uri, r
     assert len(lines) == 1 and lines[0].startswith(expected), lines
     if Path(mlflow_uri.removeprefix("sqlite:///")).exists():
         assert all(r.info.status != "RUNNING" for r in _runs(mlflow_uri)[1])
+
+
+def test_compressed_both_ways_logs_fewer_bits_and_the_errors(tmp_path, mlflow_uri, run_cli):
+    done = run_cli("aggregator=drive", "distributor=rotated_quantize", "model=linear",
+                   "rounds=2", "clients_per_round=3", f"hydra.run.dir={tmp_path}/out")
+    assert done.returncode == 0, done.stderr[-3000:]
+    client, runs = _runs(mlflow_uri)
+    run_id = runs[0].info.run_id
+    comm = json.loads(Path(client.download_artifacts(run_id, "comm_bits.json", str(
+        tmp_path))).read_text())["per_client_bits"]
+    down = _history(client, run_id, "comm/broadcasted_bits")
+    up = _history(client, run_id, "comm/aggregated_bits")
+    assert down == {0: 3 * comm["model_down"], 1: 3 * comm["model_down"]}
+    assert comm["model_down"] < LINEAR_BITS / 4 and comm["model_up"] < LINEAR_BITS / 16
+    assert up[0] == 3 * comm["model_up"]
+    assert comm["diagnostic_up"] == LINEAR_BITS + 32  # the exact mean, counted apart
+    board = _tensorboard(tmp_path / "out" / "tensorboard")
+    for key in ("comm/update_mse", "comm/update_nmse", "comm/broadcast_mse",
+                "comm/broadcast_nmse"):
+        logged = _history(client, run_id, key)
+        assert sorted(logged) == [0, 1] and logged[1] > 0, key
+        assert board[key] == pytest.approx(logged, rel=1e-6), key
+    # The linear model starts at zero, which quantises exactly; updates never do.
+    assert _history(client, run_id, "comm/broadcast_mse")[0] == 0
+    assert _history(client, run_id, "comm/update_nmse")[0] > 0
 
 
 def test_missing_cache_error_names_the_file_to_put_there(tmp_path, run_cli):
@@ -183,18 +210,18 @@ def test_a_signal_marks_the_run_killed_and_stops_the_worker(tmp_path, mlflow_uri
 
 
 def test_same_seed_same_metrics_other_seed_other_metrics(tmp_path, mlflow_uri, run_cli):
-    done = run_cli("aggregator=mean,compression", "seed=7,7,8", "model=cnn", "rounds=2",
+    done = run_cli("aggregator=mean,compression,drive", "seed=7,7,8", "model=cnn", "rounds=2",
                    "clients_per_round=3", "eval_every=1", f"hydra.sweep.dir={tmp_path}/sweep",
                    "hydra.sweep.subdir=${hydra.job.num}", multirun=True)
     assert done.returncode == 0, done.stderr[-3000:]
     keys = ["train/loss", "train/accuracy", "eval/loss", "eval/accuracy",
             "comm/aggregated_bits_cumulative"]
     results = [{k: json.loads((tmp_path / "sweep" / str(n) / "summary.json").read_text())[k]
-                for k in keys} for n in range(6)]
-    for first, again, other in (results[0:3], results[3:6]):  # mean, then compression
-        assert first == again
+                for k in keys} for n in range(9)]
+    for first, again, other in (results[0:3], results[3:6], results[6:9]):
+        assert first == again  # mean, compression, drive: each reproduces its seed
         assert first["train/loss"] != other["train/loss"]
-    assert results[0]["train/loss"] != results[3]["train/loss"]
+    assert results[0]["train/loss"] != results[3]["train/loss"] != results[6]["train/loss"]
 
 
 def test_logs_to_a_real_mlflow_server(tmp_path, run_cli):

@@ -148,6 +148,7 @@ class RoundComm:
     model: CommCost
     control_down: int
     control_up: int
+    diagnostic: CommCost = field(default_factory=CommCost)
 
     def round_metrics(self, num_clients: int) -> dict[str, int]:
         """Bits of one round with `num_clients` participants, as logged."""
@@ -163,21 +164,31 @@ class RoundComm:
         return {
             "per_client_bits": {"model_down": self.model.down, "model_up": self.model.up,
                                 "control_down": self.control_down,
-                                "control_up": self.control_up},
+                                "control_up": self.control_up,
+                                "diagnostic_down": self.diagnostic.down,
+                                "diagnostic_up": self.diagnostic.up},
             "model_transfers": [t.__dict__ for t in self.model.transfers],
+            "diagnostic_transfers": [t.__dict__ for t in self.diagnostic.transfers],
         }
 
 
 def round_comm(process: tff.templates.IterativeProcess,
-               *model_parts: tff.templates.MeasuredProcess) -> RoundComm:
+               *model_parts: tff.templates.MeasuredProcess,
+               diagnostics: tuple[tff.templates.MeasuredProcess, ...] = ()) -> RoundComm:
     """Measure `process.next`, attributing to the model the traffic of `model_parts`
-    (the distributor and the aggregation process the algorithm was built from)."""
+    (the distributor and the aggregation process the algorithm was built from).
+
+    `diagnostics` are simulation-only measurements inside the process (the exact
+    mean behind comm/update_mse): their traffic is neither model nor control."""
     total = comm_cost(process.next)
-    model = CommCost()
+    model, diagnostic = CommCost(), CommCost()
     for part in model_parts:
         model = model + comm_cost(part.next)
-    control_down, control_up = total.down - model.down, total.up - model.up
+    for part in diagnostics:
+        diagnostic = diagnostic + comm_cost(part.next)
+    control_down = total.down - model.down - diagnostic.down
+    control_up = total.up - model.up - diagnostic.up
     if control_down < 0 or control_up < 0:
         raise ValueError("the model parts send more than the whole round: they are not "
                          "the parts this process was built from")
-    return RoundComm(model, control_down, control_up)
+    return RoundComm(model, control_down, control_up, diagnostic)

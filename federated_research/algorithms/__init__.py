@@ -16,12 +16,26 @@ class FederatedAlgorithm:
     """The learning process plus the parts whose traffic is the model's.
 
     The loop runs `process`; the bit accounting measures `distributor` and
-    `aggregation` on their own to tell model traffic from control traffic.
+    `aggregation` on their own to tell model traffic from control traffic, and
+    `diagnostics` (simulation-only measurements such as the update error) to
+    keep their traffic out of both.
     """
 
     process: tff.learning.templates.LearningProcess
     distributor: tff.templates.MeasuredProcess
-    aggregation: tff.templates.AggregationProcess
+    aggregation: tff.templates.MeasuredProcess
+    diagnostics: tuple[tff.templates.MeasuredProcess, ...] = ()
+
+
+def aggregation_parts(aggregator: tff.aggregators.WeightedAggregationFactory, value_type,
+                      weight_type) -> tuple[tff.templates.MeasuredProcess, tuple]:
+    """The aggregation process without diagnostics, and the diagnostics' own traffic."""
+    from federated_research.aggregators.error import UpdateErrorFactory
+
+    if isinstance(aggregator, UpdateErrorFactory):
+        return (aggregator.inner.create(value_type, weight_type),
+                (aggregator.diagnostic_process(value_type, weight_type),))
+    return aggregator.create(value_type, weight_type), ()
 
 
 def initial_state(process: tff.learning.templates.LearningProcess, model: ModelSpec,

@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Round time of every aggregator (and distributor) against `mean`, in one process.
+
+    .venv/bin/python scripts/bench_aggregators.py                 # every aggregator option, CNN
+    .venv/bin/python scripts/bench_aggregators.py compression drive topk --rounds 8
+    .venv/bin/python scripts/bench_aggregators.py "quantize:bits=2" "drive:zeroing=false"
+    .venv/bin/python scripts/bench_aggregators.py "mean+quantize" --set model=linear
+
+A method is an aggregator option, optionally with `:key=value,...` overrides of its
+node, optionally followed by `+<distributor option>` (downlink). All methods train
+the same model from the same initial weights on the same clients each round, in
+the same process and TFF worker; rounds are interleaved (round r of every method,
+then round r+1) so that a busy machine slows all of them alike. The first round
+(tracing) is reported apart; the ratio is the median round time against `mean`'s.
+Speed is measured here, never in unit tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _method_overrides(method: str) -> list[str]:
+    """`drive:bits=1,zeroing=false+quantize` -> Hydra overrides."""
+    uplink, _, downlink = method.partition("+")
+    name, _, args = uplink.partition(":")
+    overrides = [f"aggregator={name}"]
+    overrides += [f"aggregator.{kv}" for kv in args.split(",") if kv]
+    if downlink:
+        name, _, args = downlink.partition(":")
+        overrides += [f"distributor={name}"]
+        overrides += [f"distributor.{kv}" for kv in args.split(",") if kv]
+    return overrides
+
+
+def _all_aggregators() -> list[str]:
+    names = sorted(p.stem for p in (ROOT / "conf" / "aggregator").glob("*.yaml"))
+    return [n for n in names if n != "mean"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("methods", nargs="*", help="default: every aggregator option")
+    parser.add_argument("--rounds", type=int, default=6, help="timed rounds after the first")
+    parser.add_argument("--set", nargs="*", default=[], help="overrides for every method, "
+                        "e.g. model=linear clients_per_round=5")
+    parser.add_argument("--update-error", action="store_true", help="keep log_update_error "
+                        "on (off by default: it is a diagnostic, not part of a method)")
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+    methods = ["mean", *[m for m in (args.methods or _all_aggregators()) if m != "mean"]]
+
+    from hydra import compose, initialize_config_dir
+
+    from federated_research.config import register_schemas, validate
+
+    register_schemas()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        common = [f"log_update_error={str(args.update_error).lower()}",
+                  "tracking.mlflow_uri=unused", *args.set]
+        cfgs = {m: compose("config", overrides=[*common, *_method_overrides(m)])
+                for m in methods}
+    for cfg in cfgs.values():
+        validate(cfg)
+
+    from federated_research.runtime import TffRuntime
+
+    with TffRuntime(Path(os.devnull)):
+        results = _bench(cfgs, args.rounds)
+    base = statistics.median(results["mean"]["seconds"][1:])
+    print(f"\n{'method':<40} {'1st s':>6} {'median s':>9} {'ratio':>6} {'up bits/client':>15} "
+          f"{'down bits/client':>16}")
+    for method, r in results.items():
+        median = statistics.median(r["seconds"][1:])
+        r["ratio"] = median / base
+        print(f"{method:<40} {r['seconds'][0]:>6.2f} {median:>9.3f} {r['ratio']:>6.3f} "
+              f"{r['up']:>15,} {r['down']:>16,}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+def _bench(cfgs: dict, rounds: int) -> dict:
+    from federated_research.build import build_run_parts
+    from federated_research.loop import client_datasets, sample_clients
+
+    first = next(iter(cfgs.values()))
+    parts = {m: build_run_parts(cfg) for m, cfg in cfgs.items()}
+    data = parts["mean"].data
+    states = {m: p.initial_state for m, p in parts.items()}
+    results = {m: {"seconds": [], "up": p.comm.model.up, "down": p.comm.model.down}
+               for m, p in parts.items()}
+    client_ids = list(data.train.client_ids)
+    for round_num in range(rounds + 1):
+        sampled = sample_clients(client_ids, first.clients_per_round, first.seed, round_num)
+        for method, p in parts.items():
+            start = time.perf_counter()
+            datasets = client_datasets(data, sampled, p.spec, round_num)
+            states[method] = p.algorithm.process.next(states[method], datasets).state
+            results[method]["seconds"].append(time.perf_counter() - start)
+        print(f"round {round_num}: " + ", ".join(
+            f"{m} {r['seconds'][-1]:.2f}s" for m, r in results.items()), flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    main()
