@@ -30,16 +30,21 @@ def test_every_optimizer_builds_a_tff_optimizer(option):
         cfg.client_optimizer.learning_rate)
 
 
-@pytest.mark.parametrize("algorithm", options("algorithm"))
-@pytest.mark.parametrize("aggregator", options("aggregator"))
-def test_every_aggregator_builds_a_learning_process(aggregator, algorithm):
-    cfg = compose_config([f"aggregator={aggregator}", f"algorithm={algorithm}", "model=linear"])
-    model = build_model(cfg.model, (28, 28, 1), 10)
-    built = hydra.utils.instantiate(cfg.algorithm, _partial_=True)(
-        model=model, aggregator=build_aggregator(cfg.aggregator),
+def _linear_process(overrides: list[str]):
+    """The learning process `overrides` compose, on the linear model."""
+    cfg = compose_config([*overrides, "model=linear"])
+    return hydra.utils.instantiate(cfg.algorithm, _partial_=True)(
+        model=build_model(cfg.model, (28, 28, 1), 10),
+        aggregator=build_aggregator(cfg.aggregator),
         distributor=build_distributor(cfg.distributor),
         client_optimizer=hydra.utils.instantiate(cfg.client_optimizer),
         server_optimizer=hydra.utils.instantiate(cfg.server_optimizer))
+
+
+@pytest.mark.parametrize("algorithm", options("algorithm"))
+@pytest.mark.parametrize("aggregator", options("aggregator"))
+def test_every_aggregator_builds_a_learning_process(aggregator, algorithm):
+    built = _linear_process([f"aggregator={aggregator}", f"algorithm={algorithm}"])
     assert isinstance(built.process, tff.learning.templates.LearningProcess)
     state = built.process.initialize()  # runs on the real TFF worker
     weights = built.process.get_model_weights(state)
@@ -48,13 +53,7 @@ def test_every_aggregator_builds_a_learning_process(aggregator, algorithm):
 
 @pytest.mark.parametrize("distributor", options("distributor"))
 def test_every_distributor_builds_a_learning_process(distributor):
-    cfg = compose_config([f"distributor={distributor}", "model=linear"])
-    model = build_model(cfg.model, (28, 28, 1), 10)
-    built = hydra.utils.instantiate(cfg.algorithm, _partial_=True)(
-        model=model, aggregator=build_aggregator(cfg.aggregator),
-        distributor=build_distributor(cfg.distributor),
-        client_optimizer=hydra.utils.instantiate(cfg.client_optimizer),
-        server_optimizer=hydra.utils.instantiate(cfg.server_optimizer))
+    built = _linear_process([f"distributor={distributor}"])
     state = built.process.initialize()
     assert [w.shape for w in built.process.get_model_weights(state).trainable] == [
         (784, 10), (10,)]

@@ -200,15 +200,9 @@ class CodecSumFactory(tff.aggregators.UnweightedAggregationFactory):
         def merge(a, b):
             return [x + y for x, y in zip(a, b, strict=True)]
 
-        @tff.tensorflow.computation(sum_type)
-        def report(total):
-            return tf.nest.pack_sequence_as(specs, [
-                tf.cast(tf.reshape(t, s.shape), s.dtype)
-                for t, s in zip(total, flat_specs, strict=True)])
+        report = tff.tensorflow.computation(sum_type)(lambda total: restore(total, specs))
 
-        @tff.federated_computation()
-        def init_fn():
-            return tff.federated_value((), tff.SERVER)
+        init_fn = empty_state()
 
         @tff.federated_computation(init_fn.type_signature.result,
                                    tff.FederatedType(value_type, tff.CLIENTS))
@@ -219,6 +213,18 @@ class CodecSumFactory(tff.aggregators.UnweightedAggregationFactory):
                 state, result, tff.federated_value((), tff.SERVER))
 
         return tff.templates.AggregationProcess(init_fn, next_fn)
+
+
+def empty_state() -> tff.Computation:
+    """`initialize` of a process that keeps no state (seeds are derived, not stored)."""
+    return tff.federated_computation(lambda: tff.federated_value((), tff.SERVER))
+
+
+def restore(flat: list[tf.Tensor], specs):
+    """Flat float32 tensors back into the shapes, dtypes and structure of `specs`."""
+    flat_specs = tf.nest.flatten(specs)
+    return tf.nest.pack_sequence_as(specs, [
+        tf.cast(tf.reshape(t, s.shape), s.dtype) for t, s in zip(flat, flat_specs, strict=True)])
 
 
 def encode_fn(codecs: list[Codec], run_seed: int):

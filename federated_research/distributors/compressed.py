@@ -15,7 +15,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 from tensorflow_federated.python.core.impl.types import type_conversions
 
-from federated_research.aggregators.codec import Method, decode_fn, encode_fn
+from federated_research.aggregators.codec import Method, decode_fn, empty_state, encode_fn, restore
 from federated_research.aggregators.error import error_metrics
 
 
@@ -30,18 +30,13 @@ class CompressedBroadcast:
         encode = tff.tensorflow.computation(weights_type)(encode_fn(codecs, self.method.seed))
         decode_flat = decode_fn(codecs, self.method.seed)
 
-        @tff.tensorflow.computation(encode.type_signature.result)
-        def decode(message):
-            return tf.nest.pack_sequence_as(specs, [
-                tf.cast(tf.reshape(x, s.shape), s.dtype)
-                for x, s in zip(decode_flat(message), flat_specs, strict=True)])
+        decode = tff.tensorflow.computation(encode.type_signature.result)(
+            lambda message: restore(decode_flat(message), specs))
 
         error = tff.tensorflow.computation(weights_type, weights_type)(
             lambda decoded, exact: error_metrics(decoded, exact, "broadcast"))
 
-        @tff.federated_computation()
-        def init_fn():
-            return tff.federated_value((), tff.SERVER)
+        init_fn = empty_state()
 
         @tff.federated_computation(init_fn.type_signature.result,
                                    tff.FederatedType(weights_type, tff.SERVER))
