@@ -22,35 +22,53 @@ def pack(values: tf.Tensor, bits: int) -> tf.Tensor:
     """int32 [n] with every value in [0, 2**bits) -> int32 [packed_words(n, bits)]."""
     _check_bits(bits)
     n = int(values.shape[0])
-    values = tf.cast(values, tf.int32)
-    if 32 % bits == 0:  # whole values per word: shift each into its slot
-        per_word = 32 // bits
-        fields = _pad_reshape(values, per_word)
-        shifts = tf.range(per_word, dtype=tf.int32) * bits
-    else:  # values straddle words: lay out the bit stream, then 32 bits per word
-        fields = tf.bitwise.bitwise_and(
-            tf.bitwise.right_shift(values[:, None], tf.range(bits, dtype=tf.int32)[None, :]), 1)
-        fields = _pad_reshape(tf.reshape(fields, [-1]), 32)
-        shifts = tf.range(32, dtype=tf.int32)
-    # The fields occupy disjoint bits, so their (wrapping) int32 sum is their bitwise OR.
-    words = tf.reduce_sum(tf.bitwise.left_shift(fields, shifts[None, :]), axis=1)
-    return tf.ensure_shape(words, [packed_words(n, bits)])
+    per_group, words, slots = _layout(bits)
+    groups = _pad_reshape(tf.cast(values, tf.int32), per_group)
+    if words == 1:  # whole values per word: one broadcast shift
+        shifts = tf.constant([offset for _, offset in slots], tf.int32)
+        packed = tf.reduce_sum(tf.bitwise.left_shift(groups, shifts[None, :]), axis=1)
+        return tf.ensure_shape(packed[:packed_words(n, bits)], [packed_words(n, bits)])
+    columns = []
+    for k in range(words):
+        # Each value lands in its word at its offset, and a value that straddles two
+        # words leaves its high bits at the bottom of the next. The fields occupy
+        # disjoint bits, so their (wrapping) int32 sum is their bitwise OR.
+        parts = [tf.bitwise.left_shift(groups[:, j], offset)
+                 for j, (word, offset) in enumerate(slots) if word == k]
+        parts += [tf.bitwise.right_shift(groups[:, j], 32 - offset)
+                  for j, (word, offset) in enumerate(slots)
+                  if word == k - 1 and offset + bits > 32]
+        columns.append(tf.add_n(parts))
+    packed = tf.reshape(tf.stack(columns, axis=1), [-1])[:packed_words(n, bits)]
+    return tf.ensure_shape(packed, [packed_words(n, bits)])
 
 
 def unpack(words: tf.Tensor, bits: int, n: int) -> tf.Tensor:
     """The inverse of `pack`: int32 [packed_words(n, bits)] -> int32 [n]."""
     _check_bits(bits)
-    if 32 % bits == 0:
-        per_word = 32 // bits
-        shifts = tf.range(per_word, dtype=tf.int32) * bits
-        fields = tf.bitwise.bitwise_and(tf.bitwise.right_shift(words[:, None], shifts[None, :]),
-                                        (1 << bits) - 1)
+    per_group, per_word_group, slots = _layout(bits)
+    groups = _pad_reshape(words, per_word_group)  # the dropped tail words were all zero
+    mask = (1 << bits) - 1
+    if per_word_group == 1:  # whole values per word: one broadcast shift
+        shifts = tf.constant([offset for _, offset in slots], tf.int32)
+        fields = tf.bitwise.bitwise_and(tf.bitwise.right_shift(groups, shifts[None, :]), mask)
         return tf.reshape(fields, [-1])[:n]
-    stream = tf.bitwise.bitwise_and(
-        tf.bitwise.right_shift(words[:, None], tf.range(32, dtype=tf.int32)[None, :]), 1)
-    stream = tf.reshape(tf.reshape(stream, [-1])[:n * bits], [n, bits])
-    return tf.reduce_sum(tf.bitwise.left_shift(stream, tf.range(bits, dtype=tf.int32)[None, :]),
-                         axis=1)
+    values = []
+    for word, offset in slots:
+        low = tf.bitwise.right_shift(groups[:, word], offset)  # arithmetic: mask below
+        if offset + bits > 32:
+            low = tf.bitwise.bitwise_and(low, (1 << (32 - offset)) - 1)
+            low = tf.bitwise.bitwise_or(low, tf.bitwise.left_shift(groups[:, word + 1],
+                                                                   32 - offset))
+        values.append(tf.bitwise.bitwise_and(low, mask))
+    return tf.reshape(tf.stack(values, axis=1), [-1])[:n]
+
+
+def _layout(bits: int) -> tuple[int, int, list[tuple[int, int]]]:
+    """A group of lcm(bits, 32) bits: its values, its words, each value's (word, offset)."""
+    per_group = math.lcm(bits, 32) // bits
+    slots = [(j * bits // 32, j * bits % 32) for j in range(per_group)]
+    return per_group, per_group * bits // 32, slots
 
 
 def _pad_reshape(values: tf.Tensor, width: int) -> tf.Tensor:
