@@ -30,8 +30,8 @@ def load_emnist(only_digits: bool = True, cache_dir: str | None = None,
     if not os.path.isfile(path):
         raise ConfigError(
             f"dataset.cache_dir={cache_dir}", f"no EMNIST cache: {path} does not exist",
-            f"put TFF's {CACHE_FILE} in that folder (e.g. python ../shared/data/make_tff_cache.py "
-            f"{cache_dir}) or pass dataset.cache_dir=<folder holding {CACHE_FILE}>")
+            f"put TFF's {CACHE_FILE} (from TFF's federated EMNIST download) in that folder "
+            f"or pass dataset.cache_dir=<folder holding {CACHE_FILE}>")
     train, test = tff.simulation.datasets.emnist.load_data(
         only_digits=only_digits, cache_dir=cache_dir)
     return FederatedData(train=train, test=test.create_tf_dataset_from_all_clients(),
