@@ -23,6 +23,7 @@ from federated_research.aggregators.comm_bits import comm_cost, round_comm
 from federated_research.aggregators.rotation import BlockRotation, block_size
 from federated_research.distributors import build_distributor
 from federated_research.errors import ConfigError
+from federated_research.train import CONF_DIR
 
 # A dense kernel that is not a whole number of blocks, a conv kernel, a bias.
 SHAPES = [(300, 70), (5, 5, 1, 8), (10,)]
@@ -30,7 +31,7 @@ VALUE_TYPE = tff.types.to_type([(np.float32, s) for s in SHAPES])
 
 
 def _method(name: str, **options):
-    cfg = OmegaConf.load(f"conf/aggregator/{name}.yaml")
+    cfg = OmegaConf.load(CONF_DIR / "aggregator" / f"{name}.yaml")
     cfg.seed = 0
     cfg.update(options)
     return cfg
@@ -229,7 +230,7 @@ def test_the_diagnostic_traffic_is_kept_out_of_every_bit_metric(drive_with_error
 
 
 def test_compressed_broadcast_sends_the_encoding_and_clients_train_on_its_decoding():
-    cfg = OmegaConf.load("conf/distributor/rotated_quantize.yaml")
+    cfg = OmegaConf.load(CONF_DIR / "distributor" / "rotated_quantize.yaml")
     cfg.seed = 0
     weights_type = tff.types.to_type(tff.learning.models.ModelWeights(
         trainable=[(np.float32, s) for s in SHAPES], non_trainable=[]))
