@@ -55,7 +55,7 @@ def client_datasets(data: FederatedData, sampled: list[str], spec: LoopSpec,
             for i, cid in enumerate(sampled)]
 
 
-def error_metrics(metrics) -> dict[str, float]:
+def reported_errors(metrics) -> dict[str, float]:
     """comm/update_* and comm/broadcast_* errors, wherever the processes report them."""
     found = {}
     stack = [metrics]
@@ -97,7 +97,7 @@ def run_rounds(process: tff.learning.templates.LearningProcess, run: RunState,
                    "train/accuracy": float(train["accuracy"]),
                    "train/num_examples": float(train["num_examples"]),
                    **bits,
-                   **error_metrics(output.metrics),
+                   **reported_errors(output.metrics),
                    "comm/broadcasted_bits_cumulative": run.broadcasted_bits,
                    "comm/aggregated_bits_cumulative": run.aggregated_bits,
                    "time/round_seconds": seconds}
