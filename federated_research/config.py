@@ -79,7 +79,8 @@ class TrackingConfig:
     experiment: str = "federated_research"
     run_name: str | None = None
     tensorboard: bool = True
-    progress_bar: bool = True
+    progress_bar: bool | None = None
+    sweep_report: bool = True
 
 
 @dataclass

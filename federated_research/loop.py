@@ -38,6 +38,7 @@ class RunState:
     aggregated_bits: int = 0
     round_seconds: list[float] = field(default_factory=list)
     last: dict[str, float] = field(default_factory=dict)
+    startup_seconds: float = float("nan")
 
 
 def sample_clients(client_ids: list[str], k: int, seed: int, round_num: int) -> list[str]:

@@ -12,10 +12,12 @@ import logging
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from federated_research.config import register_schemas, validate
@@ -25,8 +27,12 @@ log = logging.getLogger("federated_research")
 register_schemas()
 
 
+_process_ready = False  # True once a job of this process got as far as its first round
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run one job of the composed config; returns the final metrics."""
+    job_start = time.time()
     validate(cfg)  # before the heavy imports: bad input fails in a second
     from federated_research.tracking.mlflow_sink import check_reachable, mlflow_ui_hint
 
@@ -34,22 +40,49 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from federated_research.runtime import TffRuntime  # imports TensorFlow
 
     logging.getLogger("absl").setLevel(logging.WARNING)  # TFF logs each model trace
-    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    output_dir = Path(hydra_cfg.runtime.output_dir)
+    # Start-up: from the process's start for its first job (imports included), from
+    # the job's start for later jobs of the same process (a sweep's basic launcher).
+    started = job_start if _process_ready else _process_start_time()
     with TffRuntime(output_dir / "tff_worker.log"):
-        run = _build_and_run(cfg, output_dir)
+        run, name = _build_and_run(cfg, output_dir, started)
     summary = {**run.last, "rounds": run.next_round,
                "mean_round_seconds": (sum(run.round_seconds) / len(run.round_seconds)
-                                      if run.round_seconds else math.nan)}
+                                      if run.round_seconds else math.nan),
+               "time/startup_seconds": run.startup_seconds,
+               "job_seconds": time.time() - job_start}
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    log.info("done: eval accuracy %.4f, %d bits uploaded, %.2f s/round; outputs in %s; %s",
-             summary.get("eval/accuracy", math.nan), summary.get(
-                 "comm/aggregated_bits_cumulative", 0), summary["mean_round_seconds"],
-             output_dir, mlflow_ui_hint(cfg.tracking.mlflow_uri))
+    accuracy = summary.get("eval/accuracy", math.nan)
+    up = summary.get("comm/aggregated_bits_cumulative", 0)
+    if hydra_cfg.mode == RunMode.MULTIRUN:  # one line per job; the sweep says where to look
+        log.info("job %d %s: eval accuracy %.4f, %s up, %s down, %.0f s", hydra_cfg.job.num,
+                 name, accuracy, _bits(up), _bits(summary.get("comm/broadcasted_bits_cumulative",
+                                                              0)), summary["job_seconds"])
+    else:
+        log.info("done: eval accuracy %.4f, %d bits uploaded, %.2f s/round; outputs in %s; %s",
+                 accuracy, up, summary["mean_round_seconds"], output_dir,
+                 mlflow_ui_hint(cfg.tracking.mlflow_uri))
     return summary
 
 
-def _build_and_run(cfg: DictConfig, output_dir: Path):
+def _bits(bits: float) -> str:
+    """2.47 Gibit, 16.0 Mibit, 3.1 kibit: 2^10 steps, as the README counts."""
+    for unit, size in (("Gibit", 2**30), ("Mibit", 2**20), ("kibit", 2**10)):
+        if bits >= size:
+            return f"{bits / size:.3g} {unit}"
+    return f"{bits:.0f} bit"
+
+
+def _process_start_time() -> float:
+    import psutil
+
+    return psutil.Process().create_time()
+
+
+def _build_and_run(cfg: DictConfig, output_dir: Path, started: float):
     """Build every part from the config, then run the rounds inside an MLflow run."""
+    global _process_ready
     from federated_research.build import build_run_parts
     from federated_research.evaluation import CentralEvaluator
     from federated_research.loop import RunState, run_rounds
@@ -62,8 +95,12 @@ def _build_and_run(cfg: DictConfig, output_dir: Path):
     comm = {**parts.comm.describe(), "model_parameters": int(sum(
         w.size for w in [*weights.trainable, *weights.non_trainable]))}
     with open_tracker(cfg, output_dir, {"comm_bits.json": comm}) as tracker:
-        return run_rounds(parts.algorithm.process, run, parts.data, parts.spec, parts.comm,
-                          evaluate, tracker)
+        run.startup_seconds = time.time() - started
+        _process_ready = True
+        tracker.log_metrics({"time/startup_seconds": run.startup_seconds}, step=0)
+        run = run_rounds(parts.algorithm.process, run, parts.data, parts.spec, parts.comm,
+                         evaluate, tracker)
+        return run, tracker.run_name
 
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -78,6 +115,10 @@ def hydra_main(cfg: DictConfig) -> float:
         user_error = _config_error_in(exc)
         if user_error is None:
             raise
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            # The other jobs go on; the sweep ends with this error (see main).
+            log.error("job %d: error: %s", HydraConfig.get().job.num, user_error)
+            raise user_error from None
         print(f"error: {user_error}", file=sys.stderr)  # exit here: Hydra would add a line
         raise SystemExit(2) from None
 
@@ -96,6 +137,16 @@ def _is_user_error(exc: BaseException) -> bool:
     return isinstance(exc, ConfigError | HydraException | OmegaConfBaseException)
 
 
+def _end_open_sweep(aborted: str | None) -> None:
+    """Close the parent run of a sweep that did not reach its end (no-op otherwise)."""
+    from federated_research.tracking.sweep import end_sweep
+
+    try:
+        end_sweep(aborted=aborted, report=aborted != "KILLED")
+    except Exception:  # noqa: BLE001 - the original error matters more
+        log.exception("could not close the sweep's parent run")
+
+
 def main() -> None:
     from federated_research.signals import Terminated, raise_on_sigterm
 
@@ -107,9 +158,13 @@ def main() -> None:
     try:
         hydra_main()
     except (KeyboardInterrupt, Terminated) as exc:
+        _end_open_sweep("KILLED")
         print(f"interrupted ({exc or 'Ctrl-C'}): the run is marked KILLED", file=sys.stderr)
         sys.exit(130)
-    except Exception as exc:  # noqa: BLE001
+    except BaseException as exc:
+        _end_open_sweep("FAILED")  # a sweep that stopped early, reported with what finished
+        if not isinstance(exc, Exception):
+            raise
         cause = exc
         while not _is_user_error(cause) and cause.__cause__ is not None:
             cause = cause.__cause__

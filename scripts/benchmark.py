@@ -21,7 +21,10 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_runs import collect, print_table  # noqa: E402
+from compare_runs import per_run_rows, print_per_run  # noqa: E402
+
+from federated_research.report import load_runs  # noqa: E402
+from federated_research.tracking.sweep import SweepInfo  # noqa: E402
 
 DEFAULT = ["model=cnn", "aggregator=mean,compression", "rounds=30"]
 
@@ -54,13 +57,17 @@ def main(overrides: list[str]) -> None:
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"error: the sweep failed with exit code {proc.returncode}")
-    rows = collect(uri, "federated_research", str(sweep))
+    info = SweepInfo.read(sweep.resolve())
+    if info is None:
+        sys.exit(f"error: {sweep} has no parent run record; was the sweep tracked?")
+    rows = per_run_rows(load_runs(uri, parent=info.parent_run_id)[0])
     print()
-    print_table(rows)
+    print_per_run(rows)
     print(f"\nwall time {wall:.1f} s for {len(rows)} jobs; peak resident memory of the "
           f"process tree {peak / 2**20:,.0f} MiB")
     (sweep / "benchmark.json").write_text(json.dumps(
-        {"command": cmd, "wall_seconds": wall, "peak_rss_bytes": peak, "runs": rows}, indent=2))
+        {"command": cmd, "wall_seconds": wall, "peak_rss_bytes": peak, "runs": rows}, indent=2,
+        default=str))
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ def setup() -> None:
 def lock() -> None:
     """Re-resolve requirements.lock from setup.cfg (run after changing dependencies)."""
     setup()
-    _run(UV, "pip", "compile", "setup.cfg", "--extra", "test", "--override", OVERRIDES,
+    _run(UV, "pip", "compile", "setup.cfg", "--all-extras", "--override", OVERRIDES,
          "--python-version", "3.11", "--python-platform", "x86_64-manylinux_2_31",
          "--generate-hashes", "-o", LOCK)
 

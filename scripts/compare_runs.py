@@ -1,14 +1,20 @@
 #!/usr/bin/env python3
-"""Compare tracked runs: final accuracy, bits sent, compression ratio, speed.
+"""Compare tracked runs: the answer of a sweep, per configuration, over seeds.
 
-    .venv/bin/python scripts/compare_runs.py                       # every run of the experiment
-    .venv/bin/python scripts/compare_runs.py --sweep multirun/2026-11-21/14-35-17
-    .venv/bin/python scripts/compare_runs.py --json results.json   # also write the table
+    .venv/bin/python scripts/compare_runs.py --parent last            # the newest sweep
+    .venv/bin/python scripts/compare_runs.py --parent <run id> --target 0.8 --budget 25%
+    .venv/bin/python scripts/compare_runs.py --experiment compression_methods --out report/
+    .venv/bin/python scripts/compare_runs.py --sweep multirun/2026-11-21/14-35-17 --per-run
 
-Each run is compared with the `aggregator=mean` run of the same dataset, model and
-seed (the uncompressed baseline): `up ratio` = its cumulative aggregated bits over
-the baseline's. Seconds per round are the median of `time/round_seconds` after the
-first round (which includes TFF's tracing), with the first round shown apart.
+Per configuration (every param but the seed), against its `mean` baseline of the
+same sweep: final eval accuracy (mean +- sd over seeds), the paired accuracy change,
+cumulative uplink and downlink bits and their ratio to the baseline, bits per
+coordinate, uplink bits to reach `--target` accuracy, accuracy within an uplink
+`--budget`, round-time ratio and the aggregate's error. `--out` writes report.md,
+report.json and three PNG plots (accuracy by round, rate-accuracy, Pareto front);
+with `--parent` they are also logged as artifacts of the sweep's parent run (the
+table becomes its description in the MLflow UI). A sweep does this by itself when
+it ends (`tracking.sweep_report`). `--per-run` prints one line per run instead.
 """
 
 from __future__ import annotations
@@ -16,49 +22,33 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from federated_research.report import (ReportError, load_runs, log_to_parent,  # noqa: E402
+                                       markdown, summarise, text_table, write_report)
 
 MIBIT = 2**20
 
 
-def _history(client, run_id: str, key: str) -> dict[int, float]:
-    return {m.step: m.value for m in client.get_metric_history(run_id, key)}
-
-
-def collect(uri: str, experiment: str, sweep: str | None) -> list[dict]:
-    """One row per run, oldest first."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        sys.exit(f"error: no experiment {experiment!r} in {uri}")
-    query = f"tags.output_dir LIKE '{Path(sweep).resolve()}%'" if sweep else ""
+def per_run_rows(runs) -> list[dict]:
+    """One row per run (oldest first), with its ratio to the `mean` run of its seed."""
     rows = []
-    for run in reversed(client.search_runs([found.experiment_id], query, max_results=1000)):
-        tags, run_id = run.data.tags, run.info.run_id
-        seconds = _history(client, run_id, "time/round_seconds")
-        later = [v for step, v in sorted(seconds.items()) if step > 0]
-        accuracy = _history(client, run_id, "eval/accuracy")
-        rows.append({
-            "run": run.info.run_name, "status": run.info.status,
-            "dataset": tags.get("dataset"), "model": tags.get("model"),
-            "aggregator": tags.get("aggregator"), "seed": tags.get("seed"),
-            "rounds": len(seconds),
-            "eval_accuracy": accuracy[max(accuracy)] if accuracy else None,
-            "aggregated_bits": run.data.metrics.get("comm/aggregated_bits_cumulative"),
-            "broadcasted_bits": run.data.metrics.get("comm/broadcasted_bits_cumulative"),
-            "first_round_seconds": seconds.get(0),
-            "round_seconds": statistics.median(later) if later else seconds.get(0),
-        })
+    for r in runs:
+        rows.append({"run": r.name, "aggregator": r.choices.get("aggregator"), "seed": r.seed,
+                     "rounds": len(r.round_seconds), "eval_accuracy": r.final_accuracy,
+                     "aggregated_bits": r.up[max(r.up)] if r.up else None,
+                     "broadcasted_bits": r.down[max(r.down)] if r.down else None,
+                     "first_round_seconds": r.round_seconds.get(0),
+                     "round_seconds": r.median_round_seconds(), "config": r.config_key})
     for row in rows:
-        base = next((b for b in rows if b["aggregator"] == "mean" and b["dataset"] == row[
-            "dataset"] and b["model"] == row["model"] and b["seed"] == row["seed"]
+        base = next((b for b in rows if b["aggregator"] == "mean" and b["seed"] == row["seed"]
                      and b["rounds"] == row["rounds"]), None)
         row["up_ratio"] = (row["aggregated_bits"] / base["aggregated_bits"]
-                           if base and row["aggregated_bits"] and base["aggregated_bits"] else None)
+                           if base and row["aggregated_bits"] and base["aggregated_bits"]
+                           else None)
+        del row["config"]
     return rows
 
 
@@ -66,18 +56,25 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def print_table(rows: list[dict]) -> None:
-    header = (f"{'run':<34} {'status':<8} {'rounds':>6} {'eval acc':>8} {'up Mibit':>10} "
+def print_per_run(rows: list[dict]) -> None:
+    header = (f"{'run':<34} {'rounds':>6} {'eval acc':>8} {'up Mibit':>10} "
               f"{'down Mibit':>10} {'up ratio':>8} {'s/round':>8} {'1st s':>6}")
     print(header)
     print("-" * len(header))
     for r in rows:
         up = r["aggregated_bits"] / MIBIT if r["aggregated_bits"] else None
         down = r["broadcasted_bits"] / MIBIT if r["broadcasted_bits"] else None
-        print(f"{r['run']:<34} {r['status']:<8} {r['rounds']:>6} "
-              f"{_fmt(r['eval_accuracy'], '.4f'):>8} {_fmt(up, ',.1f'):>10} "
-              f"{_fmt(down, ',.1f'):>10} {_fmt(r['up_ratio'], '.4f'):>8} "
-              f"{_fmt(r['round_seconds'], '.2f'):>8} {_fmt(r['first_round_seconds'], '.1f'):>6}")
+        print(f"{r['run']:<34} {r['rounds']:>6} {_fmt(r['eval_accuracy'], '.4f'):>8} "
+              f"{_fmt(up, ',.1f'):>10} {_fmt(down, ',.1f'):>10} "
+              f"{_fmt(r['up_ratio'], '.4f'):>8} {_fmt(r['round_seconds'], '.2f'):>8} "
+              f"{_fmt(r['first_round_seconds'], '.1f'):>6}")
+
+
+def _budget(text: str) -> float | str:
+    if text.endswith("%"):
+        float(text[:-1])
+        return text
+    return float(text)
 
 
 def main() -> None:
@@ -85,13 +82,37 @@ def main() -> None:
     parser.add_argument("--tracking-uri", default=os.environ.get(
         "MLFLOW_TRACKING_URI", f"sqlite:///{Path.cwd() / 'mlflow.db'}"))
     parser.add_argument("--experiment", default="federated_research")
+    parser.add_argument("--parent", help="a sweep's parent run id, or `last`")
     parser.add_argument("--sweep", help="only runs whose output dir is under this folder")
-    parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--target", type=float,
+                        help="accuracy to reach (default: 95%% of the baseline's final)")
+    parser.add_argument("--budget", type=_budget, default="25%",
+                        help="uplink bits, or a percentage of the baseline's (default 25%%)")
+    parser.add_argument("--out", type=Path, help="write report.md, report.json and plots here")
+    parser.add_argument("--per-run", action="store_true", help="one line per run instead")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
-    rows = collect(args.tracking_uri, args.experiment, args.sweep)
-    print_table(rows)
+    try:
+        runs, parent = load_runs(args.tracking_uri, args.experiment, args.parent, args.sweep)
+        if args.per_run:
+            rows = per_run_rows(runs)
+            print_per_run(rows)
+        else:
+            rows, settings = summarise(runs, args.target, args.budget)
+            print(text_table(rows, settings))
+            if args.out:
+                written = write_report(rows, settings, args.out, title=args.parent and
+                                       f"sweep {parent[:8]}" or args.experiment)
+                print("wrote " + ", ".join(str(p) for p in written))
+                if parent:
+                    log_to_parent(args.tracking_uri, parent, args.out,
+                                  markdown(rows, settings))
+                    print(f"logged to the parent run {parent} (artifacts: report/)")
+    except ReportError as exc:
+        sys.exit(f"error: {exc}. Fix: check --tracking-uri, --experiment and --parent "
+                 "(the parent's run id is in the MLflow UI, or pass --parent last)")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+        args.json.write_text(json.dumps(rows, indent=2, default=str))
 
 
 if __name__ == "__main__":

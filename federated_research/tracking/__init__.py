@@ -24,8 +24,9 @@ class Sink(Protocol):
 class Tracker:
     """Fan-out to several sinks; use as a context manager to close them with the right status."""
 
-    def __init__(self, sinks: Sequence[Sink]) -> None:
+    def __init__(self, sinks: Sequence[Sink], run_name: str = "") -> None:
         self.sinks = list(sinks)
+        self.run_name = run_name
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         for sink in self.sinks:

@@ -2,28 +2,65 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("federated_research")
 
 
-class PrepareMlflowStore(Callback):
-    """Create the MLflow store and experiment once, before a sweep's jobs start.
+class SweepTracking(Callback):
+    """A multirun becomes one family of runs: store, parent run, HParams table, report.
 
-    Jobs of a parallel sweep (hydra/launcher=joblib) would otherwise all find a
-    new SQLite store empty and run MLflow's schema migrations at the same time,
-    which fails ("duplicate column name"). Hydra only warns when a callback
-    raises, so an unreachable server is then still reported by each job.
+    Before the first job: the MLflow store and experiment are created once (jobs of
+    a parallel sweep would otherwise all find a new SQLite store empty and run its
+    schema migrations at the same time, which fails), the parent run is opened, and
+    the TensorBoard HParams table of the sweep is defined at its root. After the
+    last job: the parent takes its children's status and the report. Hydra only
+    warns when a callback raises, so an unreachable server is reported by each job.
+    A sweep that stops early is closed by `train.main` (`sweep.end_sweep`).
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from hydra.core.hydra_config import HydraConfig
-        from mlflow import MlflowClient
 
-        from federated_research.tracking.mlflow_sink import check_reachable, ensure_experiment
+        from federated_research.tracking.hparams import run_hparams, write_experiment
+        from federated_research.tracking.mlflow_sink import check_reachable
+        from federated_research.tracking.sweep import start_sweep, sweep_dir
 
         HydraConfig.instance().set_config(config)  # not yet set here; ${hydra:...} needs it
-        uri = config.tracking.mlflow_uri
-        check_reachable(uri)
-        ensure_experiment(MlflowClient(tracking_uri=uri), config.tracking.experiment, uri)
+        check_reachable(config.tracking.mlflow_uri)
+        info = start_sweep(config)
+        if config.tracking.tensorboard:
+            choices = {g.split("@")[-1]: str(o) for g, o in OmegaConf.to_container(
+                config.hydra.runtime.choices).items()
+                       if not g.startswith(("hydra/", "tracking")) and o is not None}
+            write_experiment(sweep_dir(config.hydra),
+                             list(run_hparams(config, choices, info.swept)))
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        """Runs where the job ran: a job that failed before its MLflow run existed
+        still counts against the sweep (a marker file in the sweep dir)."""
+        from hydra.core.utils import JobStatus
+        from hydra.types import RunMode
+
+        from federated_research.tracking.sweep import record_failed_job, sweep_dir
+
+        if (config.hydra.mode == RunMode.MULTIRUN
+                and getattr(job_return, "status", None) == JobStatus.FAILED):
+            record_failed_job(sweep_dir(config.hydra), config.hydra.job.num,
+                              str(getattr(job_return, "_return_value", "")))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from federated_research.tracking.mlflow_sink import mlflow_ui_hint
+        from federated_research.tracking.sweep import end_sweep, sweep_dir
+
+        status = end_sweep(report=config.tracking.sweep_report)
+        if status is None:
+            return
+        folder = sweep_dir(config.hydra)
+        log.info("sweep %s; runs nested under its parent run: %s; curves and HParams: "
+                 "tensorboard --logdir %s; report: %s", status,
+                 mlflow_ui_hint(config.tracking.mlflow_uri), folder, folder / "report")

@@ -38,19 +38,34 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
 
 
 @contextlib.contextmanager
-def _logging_preserved():
-    """MLflow opens a SQLite store through alembic, whose `fileConfig` replaces the
-    root logger's handlers (Hydra's console and train.log) and sets it to WARN; it
-    does so more than once, so every MLflow call is wrapped (also as a decorator)."""
+def logging_preserved():
+    """Keep MLflow's SQLite store from taking over the program's logging.
+
+    Creating or checking a store runs alembic, whose `env.py` calls
+    `logging.config.fileConfig`: that replaces the root logger's handlers (Hydra's
+    console and the job's log file), sets root to WARN and alembic to INFO, so a new
+    store prints a wall of migration lines. Inside this context `fileConfig` does
+    nothing and INFO lines are held back; every MLflow call goes through it (also
+    as a decorator).
+    """
+    import logging.config
+
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    disabled = logging.root.manager.disable
+    logging.disable(max(disabled, logging.INFO))  # migration scripts force INFO on their loggers
+    quiet = [logging.getLogger(name) for name in ("alembic", "mlflow.store.db.utils")]
+    for logger in quiet:
+        logger.setLevel(logging.WARNING)
+    file_config = logging.config.fileConfig
+    logging.config.fileConfig = lambda *args, **kwargs: None
     try:
         yield
     finally:
+        logging.config.fileConfig = file_config
+        logging.disable(disabled)
         root.handlers[:] = handlers
         root.setLevel(level)
-        for name in ("alembic", "mlflow.store.db.utils"):
-            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _artifact_location(uri: str) -> str | None:
@@ -62,7 +77,7 @@ def _artifact_location(uri: str) -> str | None:
     return (db.parent / "mlartifacts").resolve().as_uri()
 
 
-@_logging_preserved()
+@logging_preserved()
 def ensure_experiment(client, name: str, uri: str) -> str:
     """The id of experiment `name`, created (artifacts beside a SQLite store) if missing."""
     found = client.get_experiment_by_name(name)
@@ -80,7 +95,7 @@ def ensure_experiment(client, name: str, uri: str) -> str:
 class MlflowSink:
     """Creates the run at construction; `close` sets FINISHED, FAILED or KILLED."""
 
-    @_logging_preserved()
+    @logging_preserved()
     def __init__(self, uri: str, experiment: str, run_name: str, params: Mapping[str, object],
                  tags: Mapping[str, str], artifact_dirs: Mapping[str, Path] = (),
                  artifact_dicts: Mapping[str, dict] = ()) -> None:
@@ -104,7 +119,7 @@ class MlflowSink:
         for name, content in dict(artifact_dicts).items():
             self.client.log_dict(self.run_id, content, name)
 
-    @_logging_preserved()
+    @logging_preserved()
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
@@ -112,7 +127,7 @@ class MlflowSink:
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         self.client.log_batch(self.run_id, metrics=batch)
 
-    @_logging_preserved()
+    @logging_preserved()
     def close(self, status: str) -> None:
         self.client.set_terminated(self.run_id, status)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -10,7 +11,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from federated_research.tracking import Tracker
 from federated_research.tracking.console import ProgressBar
+from federated_research.tracking.hparams import run_hparams, write_session
 from federated_research.tracking.mlflow_sink import MlflowSink
+from federated_research.tracking.sweep import (PARENT_TAG, SWEEP_ID_TAG, SweepInfo,
+                                               job_run_name, sweep_dir)
 from federated_research.tracking.tensorboard_sink import TensorBoardSink
 
 
@@ -32,32 +36,60 @@ def group_choices() -> dict[str, str]:
             and not group.startswith("tracking")}
 
 
-def run_name(cfg: DictConfig, choices: dict[str, str]) -> str:
+def run_name(cfg: DictConfig, choices: dict[str, str], sweep: SweepInfo | None) -> str:
+    """`tracking.run_name`; in a sweep, what differs between its jobs; else the parts."""
     if cfg.tracking.run_name:
         return cfg.tracking.run_name
-    name = "-".join(choices[g] for g in ("dataset", "model", "aggregator") if g in choices)
     hydra_cfg = HydraConfig.get()
+    if sweep is not None:
+        named = job_run_name(list(hydra_cfg.overrides.task), sweep.swept, sweep.groups)
+        if named:
+            return named
+    name = "-".join(choices[g] for g in ("dataset", "model", "aggregator") if g in choices)
     if hydra_cfg.mode == RunMode.MULTIRUN:
         name += f"-{hydra_cfg.job.num}"
     return name
 
 
+def current_sweep() -> SweepInfo | None:
+    """The sweep this job belongs to (None for a single run, or if its parent is gone)."""
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    return SweepInfo.read(sweep_dir(hydra_cfg))
+
+
+def show_progress_bar(cfg: DictConfig) -> bool:
+    """`tracking.progress_bar`; unset: a bar for a single run on a terminal, none in a
+    sweep (each finished job prints one line instead)."""
+    if cfg.tracking.progress_bar is not None:
+        return bool(cfg.tracking.progress_bar)
+    return HydraConfig.get().mode != RunMode.MULTIRUN and sys.stderr.isatty()
+
+
 def open_tracker(cfg: DictConfig, output_dir: Path, extra_artifacts: dict[str, dict]) -> Tracker:
     """All sinks of the run; MLflow last, so no run is left open if another sink fails."""
+    sweep = current_sweep()
+    choices = group_choices()
+    name = run_name(cfg, choices, sweep)
     sinks = []
     if cfg.tracking.tensorboard:
         sinks.append(TensorBoardSink(output_dir / "tensorboard"))
-    if cfg.tracking.progress_bar:
+        write_session(output_dir / "tensorboard", run_hparams(
+            cfg, choices, sweep.swept if sweep else []), trial_id=name)
+    if show_progress_bar(cfg):
         sinks.append(ProgressBar(max(cfg.rounds, 1)))
-    choices = group_choices()
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    tags = {**choices, "seed": str(cfg.seed), "output_dir": str(output_dir)}
+    if sweep is not None:
+        tags.update({PARENT_TAG: sweep.parent_run_id, SWEEP_ID_TAG: sweep.sweep_id,
+                     "job_num": str(HydraConfig.get().job.num)})
     try:
         sinks.append(MlflowSink(
             uri=cfg.tracking.mlflow_uri, experiment=cfg.tracking.experiment,
-            run_name=run_name(cfg, choices), params=flatten(resolved),
-            tags={**choices, "seed": str(cfg.seed), "output_dir": str(output_dir)},
+            run_name=name, params=flatten(resolved), tags=tags,
             artifact_dirs={".hydra": output_dir / ".hydra"}, artifact_dicts=extra_artifacts))
     except BaseException:
         Tracker(sinks).close("FAILED")
         raise
-    return Tracker(sinks)
+    return Tracker(sinks, run_name=name)

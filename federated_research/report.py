@@ -1,0 +1,439 @@
+"""The answer of a sweep: which configuration keeps accuracy, and how many bits it saves.
+
+Reads finished runs from the MLflow store (the children of a sweep's parent run, or
+every run of an experiment), groups them into configurations (every param but the
+seed), and compares each with its uncompressed baseline: the `aggregator=mean` +
+`distributor=plain` configuration that agrees with it on everything else (the same
+learning rates, rounds, data...). Per configuration, over its seeds:
+
+  eval acc, +-        final eval accuracy: mean and standard deviation over seeds
+  d acc (pts)         mean over seeds of (run - baseline run of the same seed), in points
+  up/down bits        cumulative bits, all clients and rounds (mean over seeds)
+  up/down ratio       baseline bits / these bits (how many times fewer)
+  up bits/coord       bits one client uploads a round / model parameters
+  bits to target      cumulative uplink bits when eval accuracy first reached the target
+                      (mean over seeds; `-` unless every seed reached it)
+  acc at budget       the last eval accuracy logged within the uplink budget
+  time ratio          median round seconds / the baseline's (same seed), mean over seeds
+  update nmse         mean over rounds of comm/update_nmse (the aggregate's error)
+
+Plots (PNG): accuracy against round, accuracy against cumulative uplink bits (the
+rate-accuracy curve) and the Pareto front of final accuracy against uplink bits.
+`report_parent` also logs the table and plots as artifacts of the parent run and puts
+the table in its description, so the MLflow UI shows the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from federated_research.tracking.sweep import key_label, value_text
+
+GROUPS = ("dataset", "model", "aggregator", "distributor", "algorithm", "client_optimizer",
+          "server_optimizer")
+
+
+class ReportError(Exception):
+    """Nothing to report on (no such experiment or parent run, no finished run)."""
+
+
+@dataclass
+class Run:
+    run_id: str
+    name: str
+    seed: str
+    params: dict[str, str]
+    choices: dict[str, str]
+    accuracy: dict[int, float]          # eval/accuracy by round
+    up: dict[int, float]                # comm/aggregated_bits_cumulative by round
+    down: dict[int, float]
+    round_seconds: dict[int, float]
+    update_nmse: list[float]
+    per_client: dict[str, int] = field(default_factory=dict)
+    parameters: int | None = None
+
+    @property
+    def final_accuracy(self) -> float | None:
+        return self.accuracy[max(self.accuracy)] if self.accuracy else None
+
+    @property
+    def config_key(self) -> tuple:
+        """Every param but the seeds and where the run was tracked."""
+        return tuple(sorted((k, v) for k, v in self.params.items()
+                            if not (k == "seed" or k.endswith(".seed")
+                                    or k.startswith("tracking."))))
+
+    @property
+    def is_baseline(self) -> bool:
+        return (self.choices.get("aggregator") == "mean"
+                and self.choices.get("distributor", "plain") == "plain")
+
+    def median_round_seconds(self) -> float | None:
+        later = [v for s, v in sorted(self.round_seconds.items()) if s > 0]
+        return statistics.median(later) if later else self.round_seconds.get(0)
+
+    def bits_to(self, target: float) -> float | None:
+        reached = [s for s, a in sorted(self.accuracy.items()) if a >= target]
+        return self.up.get(reached[0]) if reached else None
+
+    def accuracy_within(self, budget: float) -> float | None:
+        inside = [s for s in sorted(self.accuracy) if self.up.get(s, float("inf")) <= budget]
+        return self.accuracy[inside[-1]] if inside else None
+
+
+def _history(client, run_id: str, key: str) -> dict[int, float]:
+    return {m.step: m.value for m in client.get_metric_history(run_id, key)}
+
+
+def _load(client, mlflow_run, tmp: str) -> Run:
+    run_id, tags = mlflow_run.info.run_id, mlflow_run.data.tags
+    record = Run(
+        run_id=run_id, name=mlflow_run.info.run_name, seed=tags.get("seed", "0"),
+        params=dict(mlflow_run.data.params),
+        choices={g: tags[g] for g in GROUPS if g in tags},
+        accuracy=_history(client, run_id, "eval/accuracy"),
+        up=_history(client, run_id, "comm/aggregated_bits_cumulative"),
+        down=_history(client, run_id, "comm/broadcasted_bits_cumulative"),
+        round_seconds=_history(client, run_id, "time/round_seconds"),
+        update_nmse=list(_history(client, run_id, "comm/update_nmse").values()))
+    try:
+        comm = json.loads(Path(client.download_artifacts(run_id, "comm_bits.json",
+                                                         tmp)).read_text())
+        record.per_client = comm["per_client_bits"]
+        record.parameters = comm.get("model_parameters")
+    except Exception:  # noqa: BLE001 - runs from before the artifact existed
+        pass
+    return record
+
+
+def load_runs(uri: str, experiment: str | None = None, parent: str | None = None,
+              output_dir: str | None = None) -> tuple[list[Run], str | None]:
+    """FINISHED runs of a parent run (`parent`: a run id, or `last` for the newest
+    sweep of `experiment`) or of an experiment; returns them and the parent's id."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from mlflow import MlflowClient
+
+    from federated_research.tracking.mlflow_sink import logging_preserved
+    from federated_research.tracking.sweep import PARENT_TAG
+
+    with logging_preserved():
+        client = MlflowClient(tracking_uri=uri)
+        if parent and parent != "last":
+            try:
+                experiment_ids = [client.get_run(parent).info.experiment_id]
+            except Exception as exc:  # noqa: BLE001 - MLflow's own "not found"
+                raise ReportError(f"no run {parent} in {uri}") from exc
+        else:
+            found = client.get_experiment_by_name(experiment or "federated_research")
+            if found is None:
+                raise ReportError(f"no experiment {experiment!r} in {uri}")
+            experiment_ids = [found.experiment_id]
+        if parent == "last":
+            sweeps = client.search_runs(experiment_ids, "tags.run_type = 'sweep'",
+                                        order_by=["attributes.start_time DESC"], max_results=1)
+            if not sweeps:
+                raise ReportError(f"experiment {experiment!r} has no sweep (parent) run")
+            parent = sweeps[0].info.run_id
+        query = "attributes.status = 'FINISHED'"
+        if parent:
+            query += f" and tags.`{PARENT_TAG}` = '{parent}'"
+        if output_dir:
+            query += f" and tags.output_dir LIKE '{Path(output_dir).resolve()}%'"
+        found_runs = [r for r in client.search_runs(experiment_ids, query, max_results=10000)
+                      if r.data.tags.get("run_type") != "sweep"]
+        with tempfile.TemporaryDirectory() as tmp:
+            runs = [_load(client, r, tmp) for r in reversed(found_runs)]
+    return runs, parent
+
+
+def _labels(configs: dict[tuple, list[Run]]) -> dict[tuple, str]:
+    """A name per configuration from what differs between them: `drive`, `lr0.1-mean`."""
+    keys = list(configs)
+    params = [dict(k) for k in keys]
+    names = sorted({n for p in params for n in p})
+    differing = [n for n in names if len({p.get(n) for p in params}) > 1]
+    firsts = [runs[0] for runs in configs.values()]
+    groups = [g for g in GROUPS if len({r.choices.get(g) for r in firsts}) > 1]
+    labels = {}
+    for key, p, first in zip(keys, params, firsts, strict=True):
+        parts = [first.choices.get(g, "?") for g in groups
+                 if not (g == "distributor" and first.choices.get(g) == "plain")]
+        shown = [n for n in differing
+                 if n.split(".")[0] not in groups and not n.endswith("._target_")]
+        for n in shown:  # keys under a group whose option differs are said by the option
+            parts.append(f"{key_label(n, shown)}{value_text(_number(p.get(n, '-')))}")
+        labels[key] = "-".join(parts) or first.choices.get("aggregator", "run")
+    return labels
+
+
+def _number(text: str) -> object:
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+
+def _baseline_key(key: tuple, configs: dict[tuple, list[Run]]) -> tuple | None:
+    """The mean+plain configuration equal to `key` outside the aggregator/distributor."""
+    def rest(k: tuple) -> tuple:
+        return tuple(kv for kv in k if not kv[0].startswith(("aggregator.", "distributor.")))
+
+    candidates = [k for k, runs in configs.items() if runs[0].is_baseline]
+    same = [k for k in candidates if rest(k) == rest(key)]
+    if same:
+        return same[0]
+    me = configs[key][0]
+    loose = [k for k in candidates if all(configs[k][0].params.get(n) == me.params.get(n)
+                                          for n in ("rounds", "dataset._target_",
+                                                    "model._target_", "clients_per_round"))]
+    return loose[0] if loose else None
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def summarise(runs: list[Run], target: float | None = None,
+              budget: float | str = "25%") -> tuple[list[dict], dict]:
+    """One row per configuration; returns the rows and the target and budget used."""
+    if not runs:
+        raise ReportError("no FINISHED run to report on")
+    configs: dict[tuple, list[Run]] = defaultdict(list)
+    for run in runs:
+        configs[run.config_key].append(run)
+    labels = _labels(configs)
+    baselines = {k: _baseline_key(k, configs) for k in configs}
+    base_runs = [r for k in set(baselines.values()) if k is not None for r in configs[k]]
+    if target is None:  # 95% of the baseline's final accuracy (of the best config without one)
+        reference = _mean(r.final_accuracy for r in base_runs) or max(
+            (_mean(r.final_accuracy for r in rs) or 0.0 for rs in configs.values()), default=0.0)
+        target = round(0.95 * reference, 3)
+    if isinstance(budget, str) and budget.endswith("%"):
+        total = _mean(r.up[max(r.up)] for r in base_runs if r.up) or max(
+            (r.up[max(r.up)] for r in runs if r.up), default=0.0)
+        budget = float(budget[:-1]) / 100 * total
+    budget = float(budget)
+
+    rows = []
+    for key, group in configs.items():
+        base = {r.seed: r for r in configs[baselines[key]]} if baselines[key] else {}
+        paired = [(r, base[r.seed]) for r in group if r.seed in base]
+        accuracies = [r.final_accuracy for r in group if r.final_accuracy is not None]
+        up = _mean(r.up[max(r.up)] for r in group if r.up)
+        down = _mean(r.down[max(r.down)] for r in group if r.down)
+        base_up = _mean(b.up[max(b.up)] for b in base.values() if b.up)
+        base_down = _mean(b.down[max(b.down)] for b in base.values() if b.down)
+        to_target = [r.bits_to(target) for r in group]
+        first = group[0]
+        params = first.parameters
+        rows.append({
+            "config": labels[key], "seeds": len(group), "runs": [r.run_id for r in group],
+            "baseline": labels[baselines[key]] if baselines[key] else None,
+            "accuracy": _mean(accuracies),
+            "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+            "accuracy_delta": _mean(100 * (r.final_accuracy - b.final_accuracy)
+                                    for r, b in paired
+                                    if r.final_accuracy is not None
+                                    and b.final_accuracy is not None) if paired else None,
+            "up_bits": up, "down_bits": down,
+            "up_ratio": base_up / up if base_up and up else None,
+            "down_ratio": base_down / down if base_down and down else None,
+            "up_bits_per_coord": (first.per_client["model_up"] / params
+                                  if params and "model_up" in first.per_client else None),
+            "bits_to_target": (_mean(to_target) if all(b is not None for b in to_target)
+                               else None),
+            "reached_target": sum(b is not None for b in to_target),
+            "accuracy_at_budget": _mean(r.accuracy_within(budget) for r in group)
+            if all(r.accuracy_within(budget) is not None for r in group) else None,
+            "time_ratio": _mean(r.median_round_seconds() / b.median_round_seconds()
+                                for r, b in paired
+                                if r.median_round_seconds() and b.median_round_seconds())
+            if paired else None,
+            "update_nmse": _mean(_mean(r.update_nmse) for r in group),
+            "rounds": max((max(r.accuracy) + 1 for r in group if r.accuracy), default=0)})
+    rows.sort(key=lambda r: (-(r["up_bits"] or 0), r["config"]))
+    return rows, {"target": target, "budget": budget, "configs": configs, "labels": labels}
+
+
+COLUMNS = [("config", "configuration", "{}"), ("seeds", "seeds", "{}"),
+           ("accuracy", "eval acc", "{:.4f}"), ("accuracy_std", "+-", "{:.4f}"),
+           ("accuracy_delta", "d acc (pts)", "{:+.2f}"),
+           ("up_bits", "up bits", "{:,.0f}"), ("down_bits", "down bits", "{:,.0f}"),
+           ("up_ratio", "up ratio", "{:.2f}x"), ("down_ratio", "down ratio", "{:.2f}x"),
+           ("up_bits_per_coord", "up bits/coord", "{:.3f}"),
+           ("bits_to_target", "up bits to target", "{:,.0f}"),
+           ("accuracy_at_budget", "acc at budget", "{:.4f}"),
+           ("time_ratio", "time ratio", "{:.2f}"), ("update_nmse", "update nmse", "{:.3f}")]
+
+
+def _cell(row: dict, key: str, spec: str) -> str:
+    return "-" if row.get(key) is None else spec.format(row[key])
+
+
+def markdown(rows: list[dict], settings: dict) -> str:
+    lines = [f"Target accuracy {settings['target']:.3f}; uplink budget "
+             f"{settings['budget']:,.0f} bits. Ratios and d acc are against each "
+             "configuration's `mean` baseline (same seeds).", "",
+             "| " + " | ".join(title for _, title, _ in COLUMNS) + " |",
+             "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_cell(r, k, s) for k, _, s in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def text_table(rows: list[dict], settings: dict) -> str:
+    """The same table for a terminal."""
+    cells = [[title for _, title, _ in COLUMNS]]
+    cells += [[_cell(r, k, s) for k, _, s in COLUMNS] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+    lines = [f"target accuracy {settings['target']:.3f}, uplink budget "
+             f"{settings['budget']:,.0f} bits"]
+    for n, row in enumerate(cells):
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+        if n == 0:
+            lines.append("-" * len(lines[-1]))
+    return "\n".join(lines)
+
+
+def _curve(runs: list[Run], x_of) -> tuple[list[float], list[float], list[float]]:
+    """Mean over seeds of (x, accuracy) at the rounds every seed evaluated."""
+    steps = sorted(set.intersection(*(set(r.accuracy) for r in runs)))
+    xs = [statistics.fmean(x_of(r, s) for r in runs) for s in steps]
+    ys = [statistics.fmean(r.accuracy[s] for r in runs) for s in steps]
+    sd = [statistics.stdev([r.accuracy[s] for r in runs]) if len(runs) > 1 else 0.0
+          for s in steps]
+    return xs, ys, sd
+
+
+def plot(rows: list[dict], settings: dict, out_dir: Path, title: str) -> list[Path]:
+    """accuracy_vs_round.png, rate_accuracy.png, pareto.png in `out_dir`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    configs, labels = settings["configs"], settings["labels"]
+    by_label = {labels[k]: runs for k, runs in configs.items()}
+    colors = {row["config"]: plt.cm.tab10(i % 10) for i, row in enumerate(rows)}
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for row in rows:
+        runs = [r for r in by_label[row["config"]] if r.accuracy]
+        if not runs:
+            continue
+        xs, ys, sd = _curve(runs, lambda r, s: s + 1)
+        ax.plot(xs, ys, marker="o", ms=3, color=colors[row["config"]], label=row["config"])
+        ax.fill_between(xs, [y - d for y, d in zip(ys, sd, strict=True)],
+                        [y + d for y, d in zip(ys, sd, strict=True)],
+                        color=colors[row["config"]], alpha=0.12)
+    ax.axhline(settings["target"], color="grey", ls=":", lw=1, label="target")
+    ax.set_xlabel("rounds trained")
+    ax.set_ylabel("eval accuracy (mean over seeds, band = +-1 sd)")
+    ax.set_title(f"{title}: accuracy by round")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    paths.append(_save(fig, out_dir / "accuracy_vs_round.png"))
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for row in rows:
+        runs = [r for r in by_label[row["config"]] if r.accuracy and r.up]
+        if not runs:
+            continue
+        xs, ys, _ = _curve(runs, lambda r, s: r.up.get(s, float("nan")))
+        ax.plot(xs, ys, marker="o", ms=3, color=colors[row["config"]], label=row["config"])
+    ax.axvline(settings["budget"], color="grey", ls="--", lw=1, label="budget")
+    ax.axhline(settings["target"], color="grey", ls=":", lw=1, label="target")
+    ax.set_xscale("log")
+    ax.set_xlabel("cumulative uplink bits (all clients; log scale)")
+    ax.set_ylabel("eval accuracy (mean over seeds)")
+    ax.set_title(f"{title}: rate-accuracy")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, ncol=2)
+    paths.append(_save(fig, out_dir / "rate_accuracy.png"))
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    points = [(r["up_bits"], r["accuracy"], r) for r in rows
+              if r["up_bits"] and r["accuracy"] is not None]
+    front, best = [], -1.0
+    for bits, acc, row in sorted(points, key=lambda p: (p[0], -p[1])):
+        if acc > best:
+            front.append((bits, acc))
+            best = acc
+    for bits, acc, row in points:
+        on_front = (bits, acc) in front
+        ax.errorbar(bits, acc, yerr=row["accuracy_std"], fmt="o" if on_front else "x",
+                    color=colors[row["config"]], capsize=3)
+        ax.annotate(row["config"] + (f" ({row['up_ratio']:.0f}x)" if row["up_ratio"] else ""),
+                    (bits, acc), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    if front:
+        ax.step([b for b, _ in front], [a for _, a in front], where="post", color="black",
+                lw=1, alpha=0.6, label="Pareto front (fewest bits for the accuracy)")
+        ax.legend(fontsize=7, loc="lower right")
+    ax.set_xscale("log")
+    ax.set_xlabel("cumulative uplink bits (all clients, all rounds; log scale)")
+    ax.set_ylabel("final eval accuracy (mean +- sd over seeds)")
+    ax.set_title(f"{title}: bits vs accuracy")
+    ax.grid(alpha=0.3, which="both")
+    paths.append(_save(fig, out_dir / "pareto.png"))
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(rows: list[dict], settings: dict, out_dir: Path, title: str) -> list[Path]:
+    """report.md, report.json and the plots in `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = plot(rows, settings, out_dir, title)
+    table = markdown(rows, settings)
+    images = "\n".join(f"![{p.stem}]({p.name})" for p in plots)
+    (out_dir / "report.md").write_text(f"# {title}\n\n{table}\n\n{images}\n")
+    (out_dir / "report.json").write_text(json.dumps(
+        {"target": settings["target"], "budget": settings["budget"], "rows": rows}, indent=2))
+    return [out_dir / "report.md", out_dir / "report.json", *plots]
+
+
+def log_to_parent(uri: str, parent: str, out_dir: Path, table: str) -> None:
+    """The report as artifacts of the parent run, and its table as the run's description."""
+    from mlflow import MlflowClient
+
+    from federated_research.tracking.mlflow_sink import logging_preserved
+
+    with logging_preserved():
+        client = MlflowClient(tracking_uri=uri)
+        client.log_artifacts(parent, str(out_dir), "report")
+        note = client.get_run(parent).data.tags.get("mlflow.note.content", "")
+        note = note.split("\n\n## Report")[0]
+        client.set_tag(parent, "mlflow.note.content",
+                       f"{note}\n\n## Report\n\n{table}\n\nPlots: artifacts/report/.")
+
+
+def report_parent(uri: str, parent: str, out_dir: Path, target: float | None = None,
+                  budget: float | str = "25%") -> list[dict]:
+    """The whole report of a sweep, written to `out_dir` and logged to its parent run."""
+    from mlflow import MlflowClient
+
+    runs, parent = load_runs(uri, parent=parent)
+    rows, settings = summarise(runs, target, budget)
+    title = MlflowClient(tracking_uri=uri).get_run(parent).info.run_name
+    write_report(rows, settings, out_dir, title=title)
+    log_to_parent(uri, parent, out_dir, markdown(rows, settings))
+    return rows

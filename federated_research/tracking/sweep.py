@@ -1,0 +1,246 @@
+"""A Hydra multirun as one family of MLflow runs: a parent run, every job a child.
+
+The launching process opens the parent before any job starts (the `SweepTracking`
+callback) and writes its id to `<sweep dir>/mlflow_sweep.json`. A job, wherever the
+launcher runs it (the same process, a joblib or Ray worker, a SLURM node that sees
+the sweep dir), reads that file and tags its own run `mlflow.parentRunId`, which is
+what nests runs in the MLflow UI. A file, not an environment variable, because
+only the sweep dir reaches every launcher's jobs. When the sweep ends, the parent
+takes FINISHED if every child did and FAILED otherwise, and gets the report.
+
+Run names say what differs between the jobs: the sweep's swept keys (from the
+command line and `hydra.sweeper.params`, Optuna's search space included), a group
+by its option (`compression`), any other key by a short label and its value
+(`lr0.1`, `seed1`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+SWEEP_FILE = "mlflow_sweep.json"
+SWEEP_ID_TAG = "sweep_id"
+PARENT_TAG = "mlflow.parentRunId"
+_SHORT = {"learning_rate": "lr", "clients_per_round": "clients", "batch_size": "bs",
+          "num_clients": "nclients", "only_digits": "digits"}
+
+
+@dataclass
+class SweepInfo:
+    """What a job needs to join its sweep (the content of `mlflow_sweep.json`)."""
+
+    uri: str
+    experiment_id: str
+    parent_run_id: str
+    sweep_id: str
+    swept: list[str]
+    groups: list[str]
+    started: float
+    folder: str
+
+    @classmethod
+    def read(cls, sweep_dir: Path) -> SweepInfo | None:
+        path = Path(sweep_dir) / SWEEP_FILE
+        if not path.is_file():
+            return None
+        return cls(**json.loads(path.read_text()))
+
+    def write(self, sweep_dir: Path) -> None:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        tmp = sweep_dir / (SWEEP_FILE + ".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(sweep_dir / SWEEP_FILE)  # a job never reads half a file
+
+
+def sweep_dir(hydra_cfg: DictConfig) -> Path:
+    """The sweep's folder, absolute: a Ray or SLURM worker may start elsewhere."""
+    folder = Path(str(hydra_cfg.sweep.dir))
+    return folder if folder.is_absolute() else Path(str(hydra_cfg.runtime.cwd)) / folder
+
+
+def swept_keys(hydra_cfg: DictConfig) -> list[str]:
+    """Keys that take more than one value: `a=x,y`, `range(3)`, `hydra.sweeper.params`."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    keys: list[str] = []
+    parsed = OverridesParser.create().parse_overrides(list(hydra_cfg.overrides.task))
+    for override in parsed:
+        if override.is_sweep_override():
+            keys.append(override.get_key_element().lstrip("+~"))
+    params = OmegaConf.select(hydra_cfg, "sweeper.params") or {}
+    keys += [str(k) for k in params if str(k) not in keys]
+    return [k for k in keys if not k.startswith("hydra")]
+
+
+def sweep_values(hydra_cfg: DictConfig) -> dict[str, str]:
+    """Each swept key with what was asked for it, as typed."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    values = {}
+    for override in OverridesParser.create().parse_overrides(list(hydra_cfg.overrides.task)):
+        if override.is_sweep_override():
+            values[override.get_key_element().lstrip("+~")] = override.get_value_string()
+    params = OmegaConf.select(hydra_cfg, "sweeper.params") or {}
+    values.update({str(k): str(v) for k, v in params.items() if str(k) not in values})
+    return {k: v for k, v in values.items() if not k.startswith("hydra")}
+
+
+def key_label(key: str, taken: list[str]) -> str:
+    """`lr` for client_optimizer.learning_rate; `client_lr` if server_lr is also in `taken`."""
+    last = key.split("@")[-1].split(".")[-1]
+    short = _SHORT.get(last, last)
+    if sum(_SHORT.get(k.split(".")[-1], k.split(".")[-1]) == short for k in taken) > 1:
+        short = f"{key.split('.')[0].split('_')[0]}_{short}"  # client_lr, server_lr
+    return short
+
+
+def value_text(value: object) -> str:
+    """A value as a run name shows it: floats to 3 significant digits."""
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def job_run_name(task_overrides: list[str], swept: list[str], groups: list[str]) -> str | None:
+    """`compression-seed1`, `lr0.1-mean`: the job's value of every swept key, in order."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    mine = {}
+    for override in OverridesParser.create().parse_overrides(list(task_overrides)):
+        if not override.is_sweep_override():
+            mine[override.get_key_element().lstrip("+~")] = override.value()
+    parts = []
+    for key in swept:
+        if key not in mine:
+            continue
+        value = mine[key]
+        if key in groups:  # a config group: its option says it all
+            prefix = key.split("@")[1] + "-" if "@" in key else ""
+            parts.append(f"{prefix}{value}")
+        else:
+            parts.append(f"{key_label(key, swept)}{value_text(value)}")
+    return "-".join(parts) or None
+
+
+def _flat(node: object, prefix: str) -> dict[str, str]:
+    if isinstance(node, dict):
+        out: dict[str, str] = {}
+        for key, value in node.items():
+            out.update(_flat(value, f"{prefix}.{key}"))
+        return out
+    return {prefix: str(node)}
+
+
+_open: SweepInfo | None = None  # the parent this process opened and has not yet closed
+
+
+def start_sweep(config: DictConfig) -> SweepInfo:
+    """Open the parent run of a multirun and tell its future jobs where it is."""
+    global _open
+    from mlflow import MlflowClient
+
+    from federated_research.tracking.mlflow_sink import ensure_experiment, logging_preserved
+
+    hydra_cfg = config.hydra
+    uri = config.tracking.mlflow_uri
+    folder = sweep_dir(hydra_cfg)
+    swept = swept_keys(hydra_cfg)
+    choices = OmegaConf.to_container(hydra_cfg.runtime.choices)
+    groups = [g for g in choices if not g.startswith("hydra/")]
+    preset = choices.get("experiment") or choices.get("hparams_search") or "sweep"
+    sweep_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    sweeper = OmegaConf.to_container(hydra_cfg.sweeper, resolve=True)
+    launcher = OmegaConf.to_container(hydra_cfg.launcher, resolve=True)
+    params = {f"sweep.{k}": v for k, v in sweep_values(hydra_cfg).items()}
+    params.update(_flat({k: v for k, v in sweeper.items() if k not in ("params", "_target_")},
+                        "sweeper"))
+    params.update(_flat({k: v for k, v in launcher.items() if k != "_target_"}, "launcher"))
+    tags = {SWEEP_ID_TAG: sweep_id, "sweep_dir": str(folder), "run_type": "sweep",
+            "sweeper": str(sweeper.get("_target_", "")).rsplit(".", 1)[-1],
+            "launcher": str(launcher.get("_target_", "")).rsplit(".", 1)[-1],
+            "swept_keys": ",".join(swept), "preset": preset,
+            "mlflow.source.name": "federated_research.train -m",
+            "mlflow.note.content": (f"Sweep over {', '.join(swept) or 'one configuration'}; "
+                                    f"jobs in `{folder}`. The report (table and plots) is in "
+                                    "this run's artifacts when the sweep ends.")}
+    with logging_preserved():
+        client = MlflowClient(tracking_uri=uri)
+        experiment_id = ensure_experiment(client, config.tracking.experiment, uri)
+        run = client.create_run(experiment_id, run_name=f"{preset}-{time.strftime('%H-%M-%S')}",
+                                tags=tags)
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            client.log_batch(run.info.run_id, params=items[i:i + 100])
+    info = SweepInfo(uri=uri, experiment_id=experiment_id, parent_run_id=run.info.run_id,
+                     sweep_id=sweep_id, swept=swept, groups=groups, started=time.time(),
+                     folder=str(folder))
+    info.write(folder)
+    _open = info
+    return info
+
+
+FAILED_DIR = "failed_jobs"
+
+
+def record_failed_job(folder: Path, job_num: int, error: str) -> None:
+    """One file per failed job (parallel jobs never write the same file)."""
+    failed = Path(folder) / FAILED_DIR
+    failed.mkdir(parents=True, exist_ok=True)
+    (failed / f"{job_num}.txt").write_text(error + "\n")
+
+
+def children(client, info: SweepInfo) -> list:
+    return client.search_runs([info.experiment_id],
+                              f"tags.`{PARENT_TAG}` = '{info.parent_run_id}'", max_results=10000)
+
+
+def end_sweep(info: SweepInfo | None = None, aborted: str | None = None,
+              report: bool = True) -> str | None:
+    """Close the parent: FINISHED if every child finished, else FAILED (KILLED if
+    `aborted` says so); log the sweep's counts and, if asked, the report. Returns
+    the parent's status, or None when this process opened no parent."""
+    global _open
+    info = info or _open
+    if info is None:
+        return None
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    from federated_research.tracking.mlflow_sink import logging_preserved
+
+    _open = None
+    with logging_preserved():
+        client = MlflowClient(tracking_uri=info.uri)
+        runs = children(client, info)
+        failed = [r for r in runs if r.info.status != "FINISHED"]
+        # jobs that failed before their run existed (e.g. a value out of range)
+        early = [p for p in (Path(info.folder) / FAILED_DIR).glob("*.txt")
+                 if not any(r.data.tags.get("job_num") == p.stem for r in runs)]
+        status = aborted or ("FINISHED" if runs and not failed and not early else "FAILED")
+        now = int(time.time() * 1000)
+        client.log_batch(info.parent_run_id, metrics=[
+            Metric("sweep/jobs", len(runs), now, 0),
+            Metric("sweep/failed_jobs", len(failed) + len(early), now, 0),
+            Metric("sweep/wall_seconds", time.time() - info.started, now, 0)])
+    if report and runs:
+        try:
+            from federated_research.report import report_parent
+
+            report_parent(info.uri, info.parent_run_id, Path(info.folder) / "report")
+        except Exception as exc:  # noqa: BLE001 - the runs are safe; the report can be redone
+            log.warning("could not write the sweep report (%s); run scripts/compare_runs.py "
+                        "--parent %s", exc, info.parent_run_id)
+    with logging_preserved():
+        client.set_terminated(info.parent_run_id, status)
+    return status

@@ -1,0 +1,151 @@
+"""A multirun as one family: parent and child runs in a real SQLite store, readable
+names, HParams read back with TensorBoard's reader, Optuna trials, the report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata as hparams_metadata
+
+from federated_research.report import ReportError, load_runs, summarise
+from federated_research.tracking.sweep import (PARENT_TAG, SWEEP_FILE, job_run_name,
+                                               swept_keys)
+
+GROUPS = ["dataset", "model", "aggregator", "distributor", "optimizer@client_optimizer",
+          "optimizer@server_optimizer", "experiment"]
+
+
+@pytest.mark.parametrize(("overrides", "swept", "name"), [
+    (["aggregator=compression", "seed=1", "rounds=2"], ["aggregator", "seed"],
+     "compression-seed1"),
+    (["client_optimizer.learning_rate=0.1", "aggregator=mean"],
+     ["client_optimizer.learning_rate", "aggregator"], "lr0.1-mean"),
+    (["client_optimizer.learning_rate=0.012345678", "server_optimizer.learning_rate=1.5"],
+     ["client_optimizer.learning_rate", "server_optimizer.learning_rate"],
+     "client_lr0.0123-server_lr1.5"),
+    (["optimizer@client_optimizer=adam", "seed=0"], ["optimizer@client_optimizer"],
+     "client_optimizer-adam"),
+    (["rounds=2"], [], None),
+])
+def test_a_job_is_named_by_what_differs_in_its_sweep(overrides, swept, name):
+    assert job_run_name(overrides, swept, GROUPS) == name
+
+
+def test_swept_keys_come_from_the_command_line_and_the_sweepers_params():
+    hydra_cfg = OmegaConf.create({
+        "overrides": {"task": ["aggregator=mean,drive", "seed=range(3)", "rounds=2",
+                               "hydra/launcher=joblib"]},
+        "sweeper": {"params": {"client_optimizer.learning_rate": "interval(0.01, 0.1)",
+                               "seed": "0,1"}}})
+    assert swept_keys(hydra_cfg) == ["aggregator", "seed", "client_optimizer.learning_rate"]
+
+
+def _family(uri: str):
+    client = MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    parents = [r for r in runs if r.data.tags.get("run_type") == "sweep"]
+    kids = [r for r in runs if r.data.tags.get("run_type") != "sweep"]
+    return client, parents, kids
+
+
+def _hparams(logdir: Path) -> dict[str, object]:
+    """The session-start hyper-parameters TensorBoard's HParams plugin reads in `logdir`."""
+    acc = EventAccumulator(str(logdir))
+    acc.Reload()
+    content = acc.PluginTagToContent(hparams_metadata.PLUGIN_NAME)
+    info = hparams_metadata.parse_session_start_info_plugin_data(
+        content[hparams_metadata.SESSION_START_INFO_TAG])
+    return {k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind"))
+            for k, v in info.hparams.items()} | {"_group": info.group_name}
+
+
+def test_a_sweep_is_one_parent_with_named_children_hparams_and_a_report(tmp_path, mlflow_uri,
+                                                                        run_cli):
+    done = run_cli("aggregator=mean,drive", "rounds=2", "model=linear", "clients_per_round=3",
+                   "eval_every=1", "hydra.sweep.dir=sweep", multirun=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    console = done.stdout + done.stderr
+    assert "alembic" not in console and "Migration" not in console  # a new store, quietly
+    job_lines = [line for line in console.splitlines() if "] - job " in line]
+    assert len(job_lines) == 2 and "drive: eval accuracy" in job_lines[1], job_lines
+    assert "mlflow ui --backend-store-uri" in console and "tensorboard --logdir" in console
+
+    client, parents, kids = _family(mlflow_uri)
+    assert len(parents) == 1 and len(kids) == 2
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert {k.data.tags[PARENT_TAG] for k in kids} == {parent.info.run_id}
+    assert {k.data.tags["sweep_id"] for k in kids} == {parent.data.tags["sweep_id"]}
+    assert {k.info.run_name for k in kids} == {"mean", "drive"}
+    assert parent.data.params["sweep.aggregator"] == "mean,drive"
+    assert parent.data.tags["launcher"] == "BasicLauncher"
+    sweep = tmp_path / "sweep"
+    assert json.loads((sweep / SWEEP_FILE).read_text())["parent_run_id"] == parent.info.run_id
+    assert client.get_run(parent.info.run_id).data.metrics["sweep/jobs"] == 2
+
+    # HParams: each job's hyper-parameters beside its scalars; the table at the root
+    sessions = {}
+    for board in sweep.glob("*/tensorboard"):
+        found = _hparams(board)
+        sessions[found["aggregator"]] = found
+    assert set(sessions) == {"mean", "drive"}
+    assert sessions["drive"]["model"] == "linear" and sessions["drive"]["rounds"] == 2.0
+    assert sessions["drive"]["_group"] == "drive"
+    root = EventAccumulator(str(sweep))
+    root.Reload()
+    experiment = hparams_metadata.parse_experiment_plugin_data(
+        root.PluginTagToContent(hparams_metadata.PLUGIN_NAME)[hparams_metadata.EXPERIMENT_TAG])
+    assert {"aggregator", "seed"} <= {h.name for h in experiment.hparam_infos}
+    assert "eval/accuracy" in {m.name.tag for m in experiment.metric_infos}
+
+    # the report, on the parent run and in the sweep dir
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/report.md", "report/rate_accuracy.png", "report/pareto.png",
+            "report/accuracy_vs_round.png"} <= artifacts
+    rows = json.loads((sweep / "report" / "report.json").read_text())["rows"]
+    by_config = {r["config"]: r for r in rows}
+    mean_up = client.get_run(next(k.info.run_id for k in kids if k.info.run_name == "mean")
+                             ).data.metrics["comm/aggregated_bits_cumulative"]
+    assert by_config["mean"]["up_bits"] == mean_up
+    assert by_config["drive"]["up_ratio"] > 20  # 1 bit a coordinate against 32
+    assert (sweep / "report" / "pareto.png").stat().st_size > 10_000
+    assert "## Report" in client.get_run(parent.info.run_id).data.tags["mlflow.note.content"]
+
+
+def test_a_sweep_with_a_failed_job_ends_failed_in_one_line(tmp_path, mlflow_uri, run_cli):
+    done = run_cli("clients_per_round=50", "model=linear", "rounds=1", multirun=True)
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: clients_per_round=50: the dataset has only 40 training clients. "
+                      "Fix: pass clients_per_round=40 or fewer"]
+    _, parents, kids = _family(mlflow_uri)
+    assert [p.info.status for p in parents] == ["FAILED"] and kids == []
+
+
+def test_an_optuna_search_lands_its_trials_under_one_parent(tmp_path, mlflow_uri, run_cli):
+    done = run_cli("hparams_search=learning_rates", "hydra.sweeper.n_trials=2", "rounds=1",
+                   "model=linear", "clients_per_round=2", "tracking.experiment=search",
+                   "hydra.sweep.dir=search", multirun=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, parents, kids = _family(mlflow_uri)
+    assert len(parents) == 1 and len(kids) == 2
+    assert parents[0].data.tags["sweeper"] == "OptunaSweeper"
+    assert {k.data.tags[PARENT_TAG] for k in kids} == {parents[0].info.run_id}
+    assert all(k.info.run_name.startswith("client_lr") and "-server_lr" in k.info.run_name
+               for k in kids)
+    rates = {k.data.params["client_optimizer.learning_rate"] for k in kids}
+    assert len(rates) == 2  # two different trials
+    best = (tmp_path / "search" / "optimization_results.yaml").read_text()
+    assert "best_value" in best
+
+
+def test_the_report_refuses_what_it_cannot_find(mlflow_uri):
+    with pytest.raises(ReportError, match="no experiment"):
+        load_runs(mlflow_uri, experiment="nothing")
+    with pytest.raises(ReportError, match="no FINISHED run"):
+        summarise([])
