@@ -149,3 +149,18 @@ def test_the_report_refuses_what_it_cannot_find(mlflow_uri):
         load_runs(mlflow_uri, experiment="nothing")
     with pytest.raises(ReportError, match="no FINISHED run"):
         summarise([])
+
+
+@pytest.mark.slow
+def test_the_ray_launcher_runs_a_sweep_on_a_local_ray(tmp_path, mlflow_uri, run_cli):
+    """Hydra's Ray launcher for real: a Ray started on this machine, two jobs at once."""
+    done = run_cli("hydra/launcher=ray_cluster", "aggregator=mean,drive", "rounds=1",
+                   "model=linear", "clients_per_round=2", multirun=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Started a local Ray instance" in done.stderr
+    _, parents, kids = _family(mlflow_uri)
+    assert len(parents) == 1 and parents[0].data.tags["launcher"] == "RayLauncher"
+    assert parents[0].info.status == "FINISHED"
+    assert sorted(k.info.run_name for k in kids) == ["drive", "mean"]
+    assert {k.info.status for k in kids} == {"FINISHED"}
+    assert {k.data.tags[PARENT_TAG] for k in kids} == {parents[0].info.run_id}
