@@ -12,7 +12,7 @@ learning rates, rounds, data...). Per configuration, over its seeds:
   up/down ratio       baseline bits / these bits (how many times fewer)
   up bits/coord       bits one client uploads a round / model parameters
   bits to target      cumulative uplink bits when eval accuracy first reached the target
-                      (mean over seeds; `-` unless every seed reached it)
+                      (mean over the seeds that reached it, `(k/n seeds)` if not all did)
   acc at budget       the last eval accuracy logged within the uplink budget
   time ratio          median round seconds / the baseline's (same seed), mean over seeds
   update nmse         mean over rounds of comm/update_nmse (the aggregate's error)
@@ -250,8 +250,7 @@ def summarise(runs: list[Run], target: float | None = None,
             "down_ratio": base_down / down if base_down and down else None,
             "up_bits_per_coord": (first.per_client["model_up"] / params
                                   if params and "model_up" in first.per_client else None),
-            "bits_to_target": (_mean(to_target) if all(b is not None for b in to_target)
-                               else None),
+            "bits_to_target": _mean(to_target),  # over the seeds that reached it
             "reached_target": sum(b is not None for b in to_target),
             "accuracy_at_budget": _mean(r.accuracy_within(budget) for r in group)
             if all(r.accuracy_within(budget) is not None for r in group) else None,
@@ -277,7 +276,12 @@ COLUMNS = [("config", "configuration", "{}"), ("seeds", "seeds", "{}"),
 
 
 def _cell(row: dict, key: str, spec: str) -> str:
-    return "-" if row.get(key) is None else spec.format(row[key])
+    if row.get(key) is None:
+        return "-"
+    text = spec.format(row[key])
+    if key == "bits_to_target" and row["reached_target"] < row["seeds"]:
+        text += f" ({row['reached_target']}/{row['seeds']} seeds)"
+    return text
 
 
 def markdown(rows: list[dict], settings: dict) -> str:
@@ -367,16 +371,21 @@ def plot(rows: list[dict], settings: dict, out_dir: Path, title: str) -> list[Pa
     points = [(r["up_bits"], r["accuracy"], r) for r in rows
               if r["up_bits"] and r["accuracy"] is not None]
     front, best = [], -1.0
-    for bits, acc, row in sorted(points, key=lambda p: (p[0], -p[1])):
+    for bits, acc, _row in sorted(points, key=lambda p: (p[0], -p[1])):
         if acc > best:
             front.append((bits, acc))
             best = acc
+    labelled: list[tuple[float, float]] = []
     for bits, acc, row in points:
         on_front = (bits, acc) in front
         ax.errorbar(bits, acc, yerr=row["accuracy_std"], fmt="o" if on_front else "x",
                     color=colors[row["config"]], capsize=3)
+        # labels of points that (nearly) coincide go one under the other
+        near = sum(abs(b / bits - 1) < 0.1 and abs(a - acc) < 0.02 for b, a in labelled)
+        labelled.append((bits, acc))
         ax.annotate(row["config"] + (f" ({row['up_ratio']:.0f}x)" if row["up_ratio"] else ""),
-                    (bits, acc), textcoords="offset points", xytext=(5, 4), fontsize=7)
+                    (bits, acc), textcoords="offset points", xytext=(5, 4 - 9 * near),
+                    fontsize=7)
     if front:
         ax.step([b for b, _ in front], [a for _, a in front], where="post", color="black",
                 lw=1, alpha=0.6, label="Pareto front (fewest bits for the accuracy)")

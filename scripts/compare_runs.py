@@ -26,8 +26,15 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from federated_research.report import (ReportError, load_runs, log_to_parent,  # noqa: E402
-                                       markdown, summarise, text_table, write_report)
+from federated_research.report import (  # noqa: E402
+    ReportError,
+    load_runs,
+    log_to_parent,
+    markdown,
+    summarise,
+    text_table,
+    write_report,
+)
 
 MIBIT = 2**20
 

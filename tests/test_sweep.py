@@ -13,8 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from federated_research.report import ReportError, load_runs, summarise
-from federated_research.tracking.sweep import (PARENT_TAG, SWEEP_FILE, job_run_name,
-                                               swept_keys)
+from federated_research.tracking.sweep import PARENT_TAG, SWEEP_FILE, job_run_name, swept_keys
 
 GROUPS = ["dataset", "model", "aggregator", "distributor", "optimizer@client_optimizer",
           "optimizer@server_optimizer", "experiment"]

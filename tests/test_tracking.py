@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -62,3 +66,13 @@ def test_flatten_makes_dotted_param_names():
     assert flatten({"client": {"epochs": 1, "batch_size": 20}, "seed": 0}) == {
         "client.epochs": 1, "client.batch_size": 20, "seed": 0}
 
+
+
+@pytest.mark.parametrize("command", [["tensorboard", "--version_tb"], ["mlflow", "--version"]])
+def test_the_viewers_the_readme_names_start(command):
+    """`tensorboard --logdir ...` and `mlflow ui ...` must run in the locked .venv/
+    (TensorBoard 2.14 needs setuptools' pkg_resources, gone since setuptools 81)."""
+    done = subprocess.run([str(Path(sys.executable).parent / command[0]), *command[1:]],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -37,8 +37,11 @@ class SweepTracking(Callback):
             choices = {g.split("@")[-1]: str(o) for g, o in OmegaConf.to_container(
                 config.hydra.runtime.choices).items()
                        if not g.startswith(("hydra/", "tracking")) and o is not None}
+            names = list(run_hparams(config, choices, info.swept))
+            swept = [k.split("@")[-1] for k in info.swept]  # TensorBoard shows the first ones
             write_experiment(sweep_dir(config.hydra),
-                             list(run_hparams(config, choices, info.swept)))
+                             [n for n in swept if n in names] + [n for n in names
+                                                                 if n not in swept])
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         """Runs where the job ran: a job that failed before its MLflow run existed

@@ -13,8 +13,13 @@ from federated_research.tracking import Tracker
 from federated_research.tracking.console import ProgressBar
 from federated_research.tracking.hparams import run_hparams, write_session
 from federated_research.tracking.mlflow_sink import MlflowSink
-from federated_research.tracking.sweep import (PARENT_TAG, SWEEP_ID_TAG, SweepInfo,
-                                               job_run_name, sweep_dir)
+from federated_research.tracking.sweep import (
+    PARENT_TAG,
+    SWEEP_ID_TAG,
+    SweepInfo,
+    job_run_name,
+    sweep_dir,
+)
 from federated_research.tracking.tensorboard_sink import TensorBoardSink
 
 
