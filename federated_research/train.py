@@ -13,6 +13,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import hydra
@@ -154,6 +155,13 @@ def main() -> None:
     # TF's C++ INFO lines drown the progress bar and its import-time "Unable to
     # register cuDNN factory" lines (CPU build) read like errors; set it to see them.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # google.rpc (via TFF) imports pkg_resources, which warns on every run; the
+    # setuptools pin that keeps TensorBoard's CLI working keeps the module, not the noise.
+    quiet = "ignore:pkg_resources is deprecated:UserWarning"
+    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"),
+                                                          quiet]))  # sweep workers too
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated",
+                            category=UserWarning)
     raise_on_sigterm()
     try:
         hydra_main()
