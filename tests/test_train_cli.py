@@ -162,10 +162,13 @@ def test_missing_cache_error_names_the_file_to_put_there(tmp_path, run_cli):
     assert "../" not in done.stderr  # no path that exists only on our machines
 
 
-def test_unreachable_tracking_server_fails_fast_in_one_line(tmp_path, run_cli):
+@pytest.mark.parametrize("sweep", [[], ["aggregator=mean,drive"]], ids=["run", "sweep"])
+def test_unreachable_tracking_server_fails_fast_in_one_line(tmp_path, run_cli, sweep):
+    """A sweep stops before its first job, not once per job."""
     port = portpicker.pick_unused_port()
     start = time.monotonic()
-    done = run_cli(env=cli_env(f"http://127.0.0.1:{port}"), timeout=120)
+    done = run_cli(*sweep, env=cli_env(f"http://127.0.0.1:{port}"), timeout=120,
+                   multirun=bool(sweep))
     assert done.returncode == 2
     assert done.stderr.strip().startswith(f"error: tracking.mlflow_uri=http://127.0.0.1:{port}:")
     assert len(done.stderr.strip().splitlines()) == 1

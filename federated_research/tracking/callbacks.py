@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+from federated_research.errors import ConfigError
 
 log = logging.getLogger("federated_research")
 
@@ -17,9 +20,9 @@ class SweepTracking(Callback):
     Before the first job: the MLflow store and experiment are created once (jobs of
     a parallel sweep would otherwise all find a new SQLite store empty and run its
     schema migrations at the same time, which fails), the parent run is opened, and
-    the TensorBoard HParams table of the sweep is defined at its root. After the
-    last job: the parent takes its children's status and the report. Hydra only
-    warns when a callback raises, so an unreachable server is reported by each job.
+    the TensorBoard HParams table of the sweep is defined at its root (an unreachable
+    server stops the sweep there, in one line). After the last job: the parent takes
+    its children's status and the report.
     A sweep that stops early is closed by `train.main` (`sweep.end_sweep`).
     """
 
@@ -31,7 +34,13 @@ class SweepTracking(Callback):
         from federated_research.tracking.sweep import start_sweep, sweep_dir
 
         HydraConfig.instance().set_config(config)  # not yet set here; ${hydra:...} needs it
-        check_reachable(config.tracking.mlflow_uri)
+        try:
+            check_reachable(config.tracking.mlflow_uri)
+        except ConfigError as exc:
+            # Hydra turns a callback's exception into a warning and runs every job into
+            # the same wall: stop the sweep here, in one line, before any job starts.
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
         info = start_sweep(config)
         if config.tracking.tensorboard:
             choices = {g.split("@")[-1]: str(o) for g, o in OmegaConf.to_container(
