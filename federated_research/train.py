@@ -167,7 +167,8 @@ def main() -> None:
         hydra_main()
     except (KeyboardInterrupt, Terminated) as exc:
         _end_open_sweep("KILLED")
-        print(f"interrupted ({exc or 'Ctrl-C'}): the run is marked KILLED", file=sys.stderr)
+        print(f"interrupted ({str(exc) or 'Ctrl-C'}): the run is marked KILLED in MLflow",
+              file=sys.stderr)
         sys.exit(130)
     except BaseException as exc:
         _end_open_sweep("FAILED")  # a sweep that stopped early, reported with what finished

@@ -189,11 +189,16 @@ def test_emnist_trains_from_a_tff_cache(tmp_path, mlflow_uri, run_cli):
     assert _history(client, runs[0].info.run_id, "comm/broadcasted_bits")[0] == 3 * 48670 * 32
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_marks_the_run_killed_and_stops_the_worker(tmp_path, mlflow_uri, sig):
+@pytest.mark.parametrize(("sig", "sweep"), [(signal.SIGTERM, False), (signal.SIGINT, False),
+                                            (signal.SIGINT, True)],
+                         ids=["SIGTERM", "SIGINT", "SIGINT-sweep"])
+def test_a_signal_marks_the_run_killed_and_stops_the_worker(tmp_path, mlflow_uri, sig, sweep):
+    """In a sweep, Ctrl-C also marks the parent run KILLED."""
+    where = ["-m", "aggregator=mean,drive", f"hydra.sweep.dir={tmp_path}",
+             "hydra.sweep.subdir=out"] if sweep else [f"hydra.run.dir={tmp_path}/out"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "federated_research.train", "rounds=500", "model=linear",
-         "tracking.progress_bar=false", f"hydra.run.dir={tmp_path}/out"], cwd=tmp_path,
+        [sys.executable, "-m", "federated_research.train", *where, "rounds=500",
+         "model=linear", "tracking.progress_bar=false"], cwd=tmp_path,
         env=cli_env(mlflow_uri), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 240
@@ -213,8 +218,10 @@ def test_a_signal_marks_the_run_killed_and_stops_the_worker(tmp_path, mlflow_uri
             proc.kill()
             proc.wait()
     client, runs = _runs(mlflow_uri)
-    assert runs[0].info.status == "KILLED"
-    assert _history(client, runs[0].info.run_id, "train/loss")  # what was logged is kept
+    assert {r.info.status for r in runs} == {"KILLED"}  # the job's run (and a sweep's parent)
+    assert len(runs) == (2 if sweep else 1)
+    job = next(r for r in runs if r.data.tags.get("run_type") != "sweep")
+    assert _history(client, job.info.run_id, "train/loss")  # what was logged is kept
     time.sleep(1)
     assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
 
