@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -28,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 SWEEP_FILE = "mlflow_sweep.json"
+FAILED_DIR = "failed_jobs"  # one marker file per job that failed before its run existed
 SWEEP_ID_TAG = "sweep_id"
 PARENT_TAG = "mlflow.parentRunId"
 _SHORT = {"learning_rate": "lr", "clients_per_round": "clients", "batch_size": "bs",
@@ -185,12 +187,15 @@ def start_sweep(config: DictConfig) -> SweepInfo:
     info = SweepInfo(uri=uri, experiment_id=experiment_id, parent_run_id=run.info.run_id,
                      sweep_id=sweep_id, swept=swept, groups=groups, started=time.time(),
                      folder=str(folder))
-    info.write(folder)
+    try:
+        shutil.rmtree(folder / FAILED_DIR, ignore_errors=True)  # an earlier sweep's, same dir
+        info.write(folder)
+    except OSError:
+        with logging_preserved():
+            client.set_terminated(run.info.run_id, "FAILED")  # never left RUNNING
+        raise
     _open = info
     return info
-
-
-FAILED_DIR = "failed_jobs"
 
 
 def record_failed_job(folder: Path, job_num: int, error: str) -> None:
