@@ -435,14 +435,21 @@ def log_to_parent(uri: str, parent: str, out_dir: Path, table: str) -> None:
                        f"{note}\n\n## Report\n\n{table}\n\nPlots: artifacts/report/.")
 
 
+def publish(uri: str, parent: str, rows: list[dict], settings: dict,
+            out_dir: Path) -> list[Path]:
+    """Write the report of a sweep to `out_dir`, titled by its parent run, and log it there."""
+    from mlflow import MlflowClient
+
+    title = MlflowClient(tracking_uri=uri).get_run(parent).info.run_name
+    written = write_report(rows, settings, out_dir, title=title)
+    log_to_parent(uri, parent, out_dir, markdown(rows, settings))
+    return written
+
+
 def report_parent(uri: str, parent: str, out_dir: Path, target: float | None = None,
                   budget: float | str = "25%") -> list[dict]:
     """The whole report of a sweep, written to `out_dir` and logged to its parent run."""
-    from mlflow import MlflowClient
-
     runs, parent = load_runs(uri, parent=parent)
     rows, settings = summarise(runs, target, budget)
-    title = MlflowClient(tracking_uri=uri).get_run(parent).info.run_name
-    write_report(rows, settings, out_dir, title=title)
-    log_to_parent(uri, parent, out_dir, markdown(rows, settings))
+    publish(uri, parent, rows, settings, out_dir)
     return rows

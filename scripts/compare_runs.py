@@ -29,8 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from federated_research.report import (  # noqa: E402
     ReportError,
     load_runs,
-    log_to_parent,
-    markdown,
+    publish,
     summarise,
     text_table,
     write_report,
@@ -108,12 +107,12 @@ def main() -> None:
             rows, settings = summarise(runs, args.target, args.budget)
             print(text_table(rows, settings))
             if args.out:
-                written = write_report(rows, settings, args.out, title=args.parent and
-                                       f"sweep {parent[:8]}" or args.experiment)
+                if parent:
+                    written = publish(args.tracking_uri, parent, rows, settings, args.out)
+                else:
+                    written = write_report(rows, settings, args.out, title=args.experiment)
                 print("wrote " + ", ".join(str(p) for p in written))
                 if parent:
-                    log_to_parent(args.tracking_uri, parent, args.out,
-                                  markdown(rows, settings))
                     print(f"logged to the parent run {parent} (artifacts: report/)")
     except ReportError as exc:
         sys.exit(f"error: {exc}. Fix: check --tracking-uri, --experiment and --parent "

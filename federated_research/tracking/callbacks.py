@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from federated_research.errors import ConfigError
 
@@ -31,7 +31,7 @@ class SweepTracking(Callback):
 
         from federated_research.tracking.hparams import run_hparams, write_experiment
         from federated_research.tracking.mlflow_sink import check_reachable
-        from federated_research.tracking.sweep import start_sweep, sweep_dir
+        from federated_research.tracking.sweep import group_choices, start_sweep, sweep_dir
 
         HydraConfig.instance().set_config(config)  # not yet set here; ${hydra:...} needs it
         try:
@@ -43,10 +43,7 @@ class SweepTracking(Callback):
             raise SystemExit(2) from None
         info = start_sweep(config)
         if config.tracking.tensorboard:
-            choices = {g.split("@")[-1]: str(o) for g, o in OmegaConf.to_container(
-                config.hydra.runtime.choices).items()
-                       if not g.startswith(("hydra/", "tracking")) and o is not None}
-            names = list(run_hparams(config, choices, info.swept))
+            names = list(run_hparams(config, group_choices(), info.swept))
             swept = [k.split("@")[-1] for k in info.swept]  # TensorBoard shows the first ones
             write_experiment(sweep_dir(config.hydra),
                              [n for n in swept if n in names] + [n for n in names

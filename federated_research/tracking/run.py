@@ -17,6 +17,7 @@ from federated_research.tracking.sweep import (
     PARENT_TAG,
     SWEEP_ID_TAG,
     SweepInfo,
+    group_choices,
     job_run_name,
     sweep_dir,
 )
@@ -31,14 +32,6 @@ def flatten(node: object, prefix: str = "") -> dict[str, object]:
             out.update(flatten(value, f"{prefix}{key}."))
         return out
     return {prefix[:-1]: node}
-
-
-def group_choices() -> dict[str, str]:
-    """The option chosen in each config group: dataset=mnist, client_optimizer=sgd, ..."""
-    choices = HydraConfig.get().runtime.choices
-    return {group.split("@")[-1]: str(option) for group, option in choices.items()
-            if not group.startswith("hydra/") and option is not None
-            and not group.startswith("tracking")}
 
 
 def run_name(cfg: DictConfig, choices: dict[str, str], sweep: SweepInfo | None) -> str:

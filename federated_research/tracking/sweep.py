@@ -63,24 +63,20 @@ class SweepInfo:
         tmp.replace(sweep_dir / SWEEP_FILE)  # a job never reads half a file
 
 
+def group_choices() -> dict[str, str]:
+    """The option chosen in each config group: dataset=mnist, client_optimizer=sgd, ..."""
+    from hydra.core.hydra_config import HydraConfig
+
+    choices = HydraConfig.get().runtime.choices
+    return {group.split("@")[-1]: str(option) for group, option in choices.items()
+            if not group.startswith("hydra/") and option is not None
+            and not group.startswith("tracking")}
+
+
 def sweep_dir(hydra_cfg: DictConfig) -> Path:
     """The sweep's folder, absolute: a Ray or SLURM worker may start elsewhere."""
     folder = Path(str(hydra_cfg.sweep.dir))
     return folder if folder.is_absolute() else Path(str(hydra_cfg.runtime.cwd)) / folder
-
-
-def swept_keys(hydra_cfg: DictConfig) -> list[str]:
-    """Keys that take more than one value: `a=x,y`, `range(3)`, `hydra.sweeper.params`."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    keys: list[str] = []
-    parsed = OverridesParser.create().parse_overrides(list(hydra_cfg.overrides.task))
-    for override in parsed:
-        if override.is_sweep_override():
-            keys.append(override.get_key_element().lstrip("+~"))
-    params = OmegaConf.select(hydra_cfg, "sweeper.params") or {}
-    keys += [str(k) for k in params if str(k) not in keys]
-    return [k for k in keys if not k.startswith("hydra")]
 
 
 def sweep_values(hydra_cfg: DictConfig) -> dict[str, str]:
@@ -94,6 +90,11 @@ def sweep_values(hydra_cfg: DictConfig) -> dict[str, str]:
     params = OmegaConf.select(hydra_cfg, "sweeper.params") or {}
     values.update({str(k): str(v) for k, v in params.items() if str(k) not in values})
     return {k: v for k, v in values.items() if not k.startswith("hydra")}
+
+
+def swept_keys(hydra_cfg: DictConfig) -> list[str]:
+    """Keys that take more than one value: `a=x,y`, `range(3)`, `hydra.sweeper.params`."""
+    return list(sweep_values(hydra_cfg))
 
 
 def key_label(key: str, taken: list[str]) -> str:
