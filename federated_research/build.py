@@ -41,7 +41,7 @@ def build_run_parts(cfg: DictConfig) -> RunParts:
         raise ConfigError(f"clients_per_round={cfg.clients_per_round}",
                           f"the dataset has only {data.num_clients} training clients",
                           f"pass clients_per_round={data.num_clients} or fewer")
-    model = build_model(cfg.model, data.input_shape, data.num_classes)
+    model = build_model(cfg.model, data.input_shape, data.num_classes, data.task)
     aggregator = build_aggregator(cfg.aggregator)
     if cfg.log_update_error:
         aggregator = with_update_error(aggregator)
@@ -53,6 +53,7 @@ def build_run_parts(cfg: DictConfig) -> RunParts:
     comm = round_comm(algorithm.process, algorithm.distributor, algorithm.aggregation,
                       diagnostics=algorithm.diagnostics)
     spec = LoopSpec(cfg.rounds, cfg.clients_per_round, cfg.eval_every, cfg.seed,
-                    cfg.client.epochs, cfg.client.batch_size, cfg.client.shuffle_buffer)
+                    cfg.client.epochs, cfg.client.batch_size, cfg.client.shuffle_buffer,
+                    cfg.eval_initial)
     state = initial_state(algorithm.process, model, cfg.seed)
     return RunParts(data, model, algorithm, comm, spec, state)

@@ -40,10 +40,30 @@ class EmnistConfig:
 
 
 @dataclass
+class ShakespeareConfig:
+    _target_: str = "federated_research.data.shakespeare.load_shakespeare"
+    seq_length: int = 100
+    max_sequences: int | None = None
+    cache_dir: str | None = None
+
+
+@dataclass
 class TargetConfig:
     """A part built by calling `_target_` (a model, aggregator or algorithm builder)."""
 
     _target_: str = MISSING
+
+
+@dataclass
+class CharRnnConfig(TargetConfig):
+    embedding_dim: int = 256
+    rnn_units: int = 1024
+    rnn_layers: int = 1
+
+
+@dataclass
+class KerasFileConfig(TargetConfig):
+    path: str = MISSING
 
 
 @dataclass
@@ -81,6 +101,7 @@ class TrackingConfig:
     tensorboard: bool = True
     progress_bar: bool | None = None
     sweep_report: bool = True
+    save_model: bool = True
 
 
 @dataclass
@@ -105,6 +126,7 @@ class Config:
     clients_per_round: int = 10
     seed: int = 0
     eval_every: int = 5
+    eval_initial: bool = False
     eval_batch_size: int = 500
     log_update_error: bool = True
 
@@ -117,7 +139,9 @@ def register_schemas() -> None:
     # the option files pull theirs in with `- /schema/<group>/<name>@_here_`.
     for group, name, node in (
             ("dataset", "mnist", MnistConfig), ("dataset", "emnist", EmnistConfig),
-            ("model", "target", TargetConfig), ("aggregator", "target", TargetConfig),
+            ("dataset", "shakespeare", ShakespeareConfig),
+            ("model", "target", TargetConfig), ("model", "char_rnn", CharRnnConfig),
+            ("model", "keras_file", KerasFileConfig), ("aggregator", "target", TargetConfig),
             ("distributor", "target", TargetConfig),
             ("aggregator", "compression", CompressionConfig),
             ("aggregator", "tff_compression", TffCompressionConfig),
@@ -133,6 +157,12 @@ def _check(ok: bool, key: str, value: object, problem: str, example: str) -> Non
 
 def validate(cfg: DictConfig) -> None:
     """Check the ranges of a composed config; raises ConfigError naming the key."""
+    from omegaconf import OmegaConf
+
+    if "path" in cfg.model and OmegaConf.is_missing(cfg.model, "path"):
+        raise ConfigError("model.path", "model=keras_file needs the saved model to start from",
+                          "pass model.path=<a .keras or .h5 file, a SavedModel folder, or a "
+                          "finished run's output folder>")
     _check(cfg.rounds >= 0, "rounds", cfg.rounds, "must be 0 or more", "20")
     _check(cfg.clients_per_round >= 1, "clients_per_round", cfg.clients_per_round,
            "must be at least 1", "10")
@@ -156,6 +186,12 @@ def validate(cfg: DictConfig) -> None:
                "must be at least 1", "40")
     if "alpha" in data:
         _check(data.alpha > 0, "dataset.alpha", data.alpha, "must be positive", "0.5")
+    if "seq_length" in data:
+        _check(data.seq_length >= 1, "dataset.seq_length", data.seq_length,
+               "must be at least 1", "100")
+    if data.get("max_sequences") is not None:
+        _check(data.max_sequences >= 1, "dataset.max_sequences", data.max_sequences,
+               "must be at least 1 (or null for all)", "64")
     if "test_fraction" in data:
         _check(0 < data.test_fraction < 1, "dataset.test_fraction", data.test_fraction,
                "must be strictly between 0 and 1", "0.2")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from federated_research.data.preprocessing import eval_batches
 from federated_research.models import ModelSpec
 
 
@@ -19,12 +18,12 @@ class CentralEvaluator:
 
     def __init__(self, model: ModelSpec, test: tf.data.Dataset, batch_size: int) -> None:
         self._model = model
-        self._batches = eval_batches(test, batch_size).cache()
+        self._batches = model.task.eval_batches(test, batch_size).cache()
         self._keras: tf.keras.Model | None = None
 
     def __call__(self, weights: tff.learning.models.ModelWeights) -> dict[str, float]:
         if self._keras is None:
             self._keras = self._model.compiled_keras()
         weights.assign_weights_to(self._keras)
-        loss, accuracy = self._keras.evaluate(self._batches, verbose=0)
-        return {"eval/loss": float(loss), "eval/accuracy": float(accuracy)}
+        scores = self._keras.evaluate(self._batches, verbose=0, return_dict=True)
+        return {f"eval/{name}": float(value) for name, value in scores.items()}

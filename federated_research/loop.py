@@ -10,7 +10,6 @@ import tensorflow_federated as tff
 
 from federated_research.aggregators.comm_bits import RoundComm
 from federated_research.data.federated_data import FederatedData
-from federated_research.data.preprocessing import client_batches
 from federated_research.seeds import Stream, int_seed, rng
 from federated_research.tracking import Tracker
 
@@ -26,6 +25,7 @@ class LoopSpec:
     epochs: int
     batch_size: int
     shuffle_buffer: int
+    eval_initial: bool = False
 
 
 @dataclass
@@ -50,9 +50,9 @@ def sample_clients(client_ids: list[str], k: int, seed: int, round_num: int) -> 
 def client_datasets(data: FederatedData, sampled: list[str], spec: LoopSpec,
                     round_num: int) -> list:
     """The round's client datasets, each shuffled by its own seed (round, position)."""
-    return [client_batches(data.train.create_tf_dataset_for_client(cid), spec.epochs,
-                           spec.batch_size, spec.shuffle_buffer,
-                           seed=int_seed(spec.seed, Stream.SHUFFLE, round_num, i))
+    return [data.task.client_batches(data.train.create_tf_dataset_for_client(cid), spec.epochs,
+                                     spec.batch_size, spec.shuffle_buffer,
+                                     seed=int_seed(spec.seed, Stream.SHUFFLE, round_num, i))
             for i, cid in enumerate(sampled)]
 
 
@@ -81,6 +81,10 @@ def run_rounds(process: tff.learning.templates.LearningProcess, run: RunState,
         run.last = evaluate(process.get_model_weights(run.state))
         tracker.log_metrics(run.last, step=0)
         return run
+    if spec.eval_initial and run.next_round == 0:  # e.g. a pre-trained model before fine-tuning
+        initial = evaluate(process.get_model_weights(run.state))
+        tracker.log_metrics({k.replace("eval/", "eval_initial/", 1): v
+                             for k, v in initial.items()}, step=0)
     for round_num in range(run.next_round, spec.rounds):
         start = time.perf_counter()
         sampled = sample_clients(client_ids, spec.clients_per_round, spec.seed, round_num)
@@ -94,9 +98,7 @@ def run_rounds(process: tff.learning.templates.LearningProcess, run: RunState,
         bits = comm.round_metrics(len(sampled))
         run.broadcasted_bits += bits["comm/broadcasted_bits"]
         run.aggregated_bits += bits["comm/aggregated_bits"]
-        metrics = {"train/loss": float(train["loss"]),
-                   "train/accuracy": float(train["accuracy"]),
-                   "train/num_examples": float(train["num_examples"]),
+        metrics = {**{f"train/{key}": float(value) for key, value in train.items()},
                    **bits,
                    **reported_errors(output.metrics),
                    "comm/broadcasted_bits_cumulative": run.broadcasted_bits,

@@ -87,6 +87,8 @@ def _build_and_run(cfg: DictConfig, output_dir: Path, started: float):
     from federated_research.build import build_run_parts
     from federated_research.evaluation import CentralEvaluator
     from federated_research.loop import RunState, run_rounds
+    from federated_research.models import save_keras
+    from federated_research.models.keras_file import MODEL_FILE
     from federated_research.tracking.run import open_tracker
 
     parts = build_run_parts(cfg)
@@ -101,6 +103,10 @@ def _build_and_run(cfg: DictConfig, output_dir: Path, started: float):
         tracker.log_metrics({"time/startup_seconds": run.startup_seconds}, step=0)
         run = run_rounds(parts.algorithm.process, run, parts.data, parts.spec, parts.comm,
                          evaluate, tracker)
+        if cfg.tracking.save_model:
+            path = output_dir / MODEL_FILE
+            save_keras(parts.model, parts.algorithm.process.get_model_weights(run.state), path)
+            tracker.log_file(path, "model")
         return run, tracker.run_name
 
 

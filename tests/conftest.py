@@ -71,39 +71,75 @@ def run_cli(tmp_path: Path, mlflow_uri: str):
     return run
 
 
-def write_emnist_cache(cache_dir: Path, writers: int = 4, per_writer: int = 6,
-                       seed: int = 0) -> Path:
-    """A tiny `emnist_all.sqlite` in the exact schema TFF 0.87's SqlClientData reads."""
-    import tensorflow as tf
+def _write_tff_sql(path: Path, rows) -> Path:
+    """A SQLite file in the exact schema TFF 0.87's SqlClientData reads.
 
-    rng = np.random.default_rng(seed)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    path = cache_dir / "emnist_all.sqlite"
+    `rows`: (split, client_id, [tf.train.Example]) triples.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
     con = sqlite3.connect(path)
     con.execute("CREATE TABLE examples (split_name TEXT NOT NULL, client_id TEXT NOT NULL,"
                 " serialized_example_proto BLOB NOT NULL)")
     con.execute("CREATE TABLE client_metadata (client_id TEXT NOT NULL, split_name TEXT"
                 " NOT NULL, num_examples INTEGER NOT NULL)")
-    for split in ("train", "test"):
-        for w in range(writers):
-            cid = f"f{w:04d}_00"
-            half = per_writer // 2  # half digits (0-9), half letters (10-61)
-            labels = np.concatenate([rng.integers(0, 10, half),
-                                     rng.integers(10, 62, per_writer - half)])
-            for prefix, keep in (("all", labels >= 0), ("digits_only", labels < 10)):
-                for label in labels[keep]:
-                    pixels = rng.random(784).astype(np.float32)
-                    ex = tf.train.Example(features=tf.train.Features(feature={
-                        "pixels": tf.train.Feature(float_list=tf.train.FloatList(value=pixels)),
-                        "label": tf.train.Feature(int64_list=tf.train.Int64List(
-                            value=[int(label)]))}))
-                    con.execute("INSERT INTO examples VALUES (?,?,?)",
-                                (f"{prefix}_{split}", cid, ex.SerializeToString()))
-                con.execute("INSERT INTO client_metadata VALUES (?,?,?)",
-                            (cid, f"{prefix}_{split}", int(keep.sum())))
+    for split, cid, examples in rows:
+        con.executemany("INSERT INTO examples VALUES (?,?,?)",
+                        [(split, cid, ex.SerializeToString()) for ex in examples])
+        con.execute("INSERT INTO client_metadata VALUES (?,?,?)", (cid, split, len(examples)))
     con.commit()
     con.close()
     return path
+
+
+def write_emnist_cache(cache_dir: Path, writers: int = 4, per_writer: int = 6,
+                       seed: int = 0) -> Path:
+    """A tiny `emnist_all.sqlite`: random pixels, half digits and half letters a writer."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for split in ("train", "test"):
+        for w in range(writers):
+            half = per_writer // 2  # half digits (0-9), half letters (10-61)
+            labels = np.concatenate([rng.integers(0, 10, half),
+                                     rng.integers(10, 62, per_writer - half)])
+            examples = [tf.train.Example(features=tf.train.Features(feature={
+                "pixels": tf.train.Feature(float_list=tf.train.FloatList(
+                    value=rng.random(784).astype(np.float32))),
+                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)]))}))
+                for label in labels]
+            rows.append((f"all_{split}", f"f{w:04d}_00", examples))
+            rows.append((f"digits_only_{split}", f"f{w:04d}_00",
+                         [ex for ex, label in zip(examples, labels, strict=True)
+                          if label < 10]))
+    return _write_tff_sql(cache_dir / "emnist_all.sqlite", rows)
+
+
+SHAKESPEARE_TEXT = {  # role -> (train snippets, test snippets); real lines, tiny
+    "THE_TRAGEDY_OF_KING_LEAR_MACBETH": (
+        ["Hark! When shall we three meet again?", "My name's Macbeth.",
+         "'Twas a rough fight, and came they not by you?"], ["No, nor more fearful."]),
+    "MUCH_ADO_ABOUT_NOTHING_EMILIA": (
+        ["Never.", "But now, my lord.", "How if fair and foolish?", "Is not this man jealous?"],
+        ["Why, with my lord, madam."]),
+    "THE_TAMING_OF_THE_SHREW_CUPID": (["Hail to thee, worthy Timon, and to all"], ["Hail!"]),
+    "A_SHORT_ROLE": (["Hi!"], ["Ay."]),  # 3 characters: the tutorial would drop it
+}
+
+
+def write_shakespeare_cache(cache_dir: Path, text: dict | None = None) -> Path:
+    """A tiny `shakespeare.sqlite` (splits train and test, feature `snippets`)."""
+    import tensorflow as tf
+
+    def example(snippet: str):
+        return tf.train.Example(features=tf.train.Features(feature={
+            "snippets": tf.train.Feature(bytes_list=tf.train.BytesList(
+                value=[snippet.encode()]))}))
+
+    rows = [(split, role, [example(s) for s in snippets])
+            for role, both in (text or SHAKESPEARE_TEXT).items()
+            for split, snippets in zip(("train", "test"), both, strict=True)]
+    return _write_tff_sql(cache_dir / "shakespeare.sqlite", rows)
 
 
 SESSION_MARK = "FEDERATED_RESEARCH_TEST_SESSION"

@@ -11,14 +11,57 @@ from federated_research.distributors import build_distributor
 from federated_research.models import build_model
 from tests.conftest import compose_config, options
 
-PARAMS = {"cnn": 1_663_370, "linear": 7_850}
+IMAGES, TEXT = ((28, 28, 1), 10), ((100,), 90)  # (input shape, classes or vocabulary)
+PARAMS = {"cnn": (IMAGES, 1_663_370), "linear": (IMAGES, 7_850),
+          # 90 x 256 embedding, GRU(1024) with reset_after biases, 1024 x 90 dense + bias
+          "char_rnn": (TEXT, 90 * 256 + 3 * (256 * 1024 + 1024 * 1024 + 2 * 1024) + 1024 * 90 + 90),
+          "char_rnn_small": (TEXT, 90 * 64 + 3 * (64 * 256 + 256 * 256 + 2 * 256) + 256 * 90 + 90)}
 
 
 @pytest.mark.parametrize("option", options("model"))
-def test_every_model_builds_with_the_published_size(option):
-    model = build_model(compose_config([f"model={option}"]).model, (28, 28, 1), 10)
-    assert model.keras_fn().count_params() == PARAMS[option]
+def test_every_model_builds_with_the_published_size(option, tmp_path):
+    overrides = [f"model={option}"]
+    if option == "keras_file":  # a file saved from another option: the same model back
+        saved = build_model(compose_config(["model=cnn"]).model, *IMAGES).keras_fn()
+        saved.save(tmp_path / "cnn.keras")
+        overrides.append(f"model.path={tmp_path / 'cnn.keras'}")
+    (shape, classes), params = PARAMS.get(option, PARAMS["cnn"])
+    model = build_model(compose_config(overrides).model, shape, classes)
+    assert model.keras_fn().count_params() == params
     assert model.keras_fn() is not model.keras_fn()  # fresh per call, as TFF requires
+    assert model.from_logits == option.startswith("char_rnn")  # image models end in softmax
+
+
+@pytest.mark.parametrize(("option", "data", "problem"), [
+    ("char_rnn", IMAGES, "takes sequences of character ids"),
+    ("cnn", TEXT, "cannot take the dataset's inputs of shape (100,)"),
+    ("linear", ((28, 28, 1), 62), None),  # 62 EMNIST classes: fits
+])
+def test_a_model_that_does_not_fit_the_dataset_is_one_line(option, data, problem):
+    from federated_research.errors import ConfigError
+
+    cfg = compose_config([f"model={option}"]).model
+    if problem is None:
+        assert build_model(cfg, *data).keras_fn().output_shape[-1] == 62
+        return
+    with pytest.raises(ConfigError) as err:
+        build_model(cfg, *data)
+    assert str(err.value).startswith(f"model={option}: ") and problem in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_a_saved_model_is_checked_against_the_dataset(tmp_path):
+    from federated_research.errors import ConfigError
+
+    build_model(compose_config(["model=linear"]).model, *IMAGES).keras_fn().save(
+        tmp_path / "m.h5")
+    (tmp_path / "bad.keras").write_bytes(b"PK not really a zip")
+    cfg = compose_config(["model=keras_file", f"model.path={tmp_path / 'm.h5'}"]).model
+    with pytest.raises(ConfigError, match="the model predicts 10 classes, the dataset has 62"):
+        build_model(cfg, (28, 28, 1), 62)
+    cfg.path = str(tmp_path / "bad.keras")
+    with pytest.raises(ConfigError, match="bad.keras is not a Keras model TensorFlow 2.14 can"):
+        build_model(cfg, *IMAGES)
 
 
 @pytest.mark.parametrize("option", options("optimizer"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -90,3 +92,89 @@ def test_emnist_without_cache_names_the_path_and_the_file(tmp_path):
     message = str(err.value)
     assert message.startswith("dataset.cache_dir=")
     assert str(tmp_path / "nowhere" / "emnist_all.sqlite") in message and "\n" not in message
+
+
+GCS = "https://storage.googleapis.com/tff-datasets-public"
+
+
+@pytest.fixture
+def tff_download_from(monkeypatch):
+    """TFF's own download code, pointed at a real HTTP server on this machine instead of
+    TFF's bucket (the tests have no internet). Returns the folder the server serves."""
+    import functools
+    import http.server
+    import threading
+
+    from tensorflow_federated.python.simulation.datasets import download
+
+    def serve(folder: Path) -> None:
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        real = download.get_compressed_file
+        monkeypatch.setattr(download, "get_compressed_file", lambda origin, cache_dir=None:
+                            real(origin.replace(GCS, base), cache_dir))
+
+    servers = []
+    yield serve
+    for server in servers:
+        server.shutdown()
+
+
+def _served_shakespeare(tmp_path: Path, keep: float = 1.0) -> Path:
+    import lzma
+
+    from tests.conftest import write_shakespeare_cache
+
+    source = write_shakespeare_cache(tmp_path / "source")
+    packed = lzma.compress(source.read_bytes(), format=lzma.FORMAT_ALONE)
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "shakespeare.sqlite.lzma").write_bytes(packed[:int(len(packed) * keep)])
+    return www
+
+
+def test_a_missing_cache_is_downloaded_by_tff(tmp_path, tff_download_from):
+    from federated_research.data.shakespeare import load_shakespeare
+
+    tff_download_from(_served_shakespeare(tmp_path))
+    data = load_shakespeare(cache_dir=str(tmp_path / "cache"))
+    assert (tmp_path / "cache" / "shakespeare.sqlite").is_file()
+    assert len(data.train.client_ids) == 4
+
+
+def test_a_cut_download_is_removed_and_reported_in_one_line(tmp_path, tff_download_from):
+    from federated_research.data.shakespeare import load_shakespeare
+
+    tff_download_from(_served_shakespeare(tmp_path, keep=0.5))
+    with pytest.raises(ConfigError) as err:
+        load_shakespeare(cache_dir=str(tmp_path / "cache"))
+    assert "download of shakespeare.sqlite was incomplete or corrupt" in str(err.value)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "cache" / "shakespeare.sqlite").exists()  # next run tries again
+
+
+def test_no_network_names_the_cache_file_and_where_it_comes_from(tmp_path, tff_download_from):
+    from federated_research.data.shakespeare import load_shakespeare
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    tff_download_from(empty)  # the server answers 404, as a proxy without internet might
+    with pytest.raises(ConfigError) as err:
+        load_shakespeare(cache_dir=str(tmp_path / "cache"))
+    message = str(err.value)
+    assert message.startswith(f"dataset.cache_dir={tmp_path / 'cache'}: ")
+    assert f"{tmp_path / 'cache' / 'shakespeare.sqlite'} does not exist" in message
+    assert f"{GCS}/shakespeare.sqlite.lzma" in message and "\n" not in message
+
+
+def test_a_corrupt_cache_file_is_named_and_kept(tmp_path):
+    from federated_research.data.shakespeare import load_shakespeare
+
+    (tmp_path / "shakespeare.sqlite").write_bytes(b"not a database" * 100)
+    with pytest.raises(ConfigError) as err:
+        load_shakespeare(cache_dir=str(tmp_path))
+    assert f"{tmp_path / 'shakespeare.sqlite'} is not TFF's SQLite cache" in str(err.value)
+    assert (tmp_path / "shakespeare.sqlite").exists()  # the user's file: never deleted

@@ -3,24 +3,31 @@
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
+
+from federated_research.data.task import ImageClassification, Task
 
 
 @dataclass(frozen=True)
 class FederatedData:
     """Federated training clients plus a held-out test set for centralised evaluation.
 
-    Elements of both are EMNIST-shaped: OrderedDict(label=int32[], pixels=float32[28, 28]).
+    `task` turns the raw examples of both into model batches and scores the
+    predictions; the image datasets' examples are EMNIST-shaped,
+    OrderedDict(label=int32[], pixels=float32[28, 28]). `input_shape` and
+    `num_classes` are what a model builder gets: (28, 28, 1) and 10 for digits,
+    (seq_length,) and the vocabulary size for text.
     """
 
     train: tff.simulation.datasets.ClientData
     test: tf.data.Dataset
     num_classes: int
     input_shape: tuple[int, ...] = (28, 28, 1)
+    task: Task = field(default_factory=ImageClassification)
 
     @property
     def num_clients(self) -> int:

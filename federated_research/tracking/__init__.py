@@ -1,7 +1,8 @@
 """Where metrics go: one interface, several sinks, the same dict to each.
 
 A sink has `log_metrics(metrics, step)` and `close(status)`, status being
-MLflow's FINISHED, FAILED or KILLED. `Tracker` fans out to its sinks and closes
+MLflow's FINISHED, FAILED or KILLED; a sink that stores files (MLflow) also has
+`log_file(path, artifact_path)`. `Tracker` fans out to its sinks and closes
 every one of them even when another fails, so a crash never leaves an MLflow
 run RUNNING or a TensorBoard file unflushed.
 """
@@ -31,6 +32,12 @@ class Tracker:
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         for sink in self.sinks:
             sink.log_metrics(metrics, step)
+
+    def log_file(self, path, artifact_path: str) -> None:
+        """A file of the run (the trained model) to every sink that stores files."""
+        for sink in self.sinks:
+            if hasattr(sink, "log_file"):
+                sink.log_file(path, artifact_path)
 
     def close(self, status: str) -> None:
         for sink in self.sinks:

@@ -127,6 +127,10 @@ class MlflowSink:
         self.client.log_batch(self.run_id, metrics=batch)
 
     @logging_preserved()
+    def log_file(self, path, artifact_path: str) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    @logging_preserved()
     def close(self, status: str) -> None:
         self.client.set_terminated(self.run_id, status)
 
