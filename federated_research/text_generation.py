@@ -7,6 +7,7 @@ generating n characters costs n steps rather than n full sequences.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -30,6 +31,7 @@ def load_run_model(run: str, mlflow_uri: str) -> tf.keras.Model:
     from federated_research.tracking.mlflow_sink import check_reachable, logging_preserved
 
     check_reachable(mlflow_uri)
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # one small file: no bar
     with logging_preserved():
         client = MlflowClient(tracking_uri=mlflow_uri)
         try:

@@ -218,3 +218,31 @@ def test_a_pretrained_file_is_fine_tuned_saved_back_and_generates(tmp_path, cach
         cwd=REPO, env=cli_env(None), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.rstrip("\n") == text  # by run id: the same model, the same text
+
+
+def test_the_tutorial_model_is_mapped_onto_our_ids(tmp_path, monkeypatch):
+    """`pretrain_char_model.py --tutorial-weights`: a model shaped like the tutorial's
+    (86 characters, stateful GRU, batch 8), fetched from a file:// URL, predicts the same
+    characters after the conversion as before."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "pretrain_char_model", REPO / "scripts" / "pretrain_char_model.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setenv("HOME", str(tmp_path))  # tf.keras.utils.get_file caches under ~/.keras
+    tf.keras.utils.set_random_seed(0)
+    tutorial = tf.keras.Sequential([
+        tf.keras.layers.Embedding(86, 8, batch_input_shape=[8, None]),
+        tf.keras.layers.GRU(16, return_sequences=True, stateful=True),
+        tf.keras.layers.Dense(86)])
+    tutorial.save(tmp_path / "tutorial.h5")
+    model = script.from_tutorial((tmp_path / "tutorial.h5").as_uri())
+    assert model.output_shape[-1] == VOCAB_SIZE and not any(
+        getattr(layer, "stateful", False) for layer in model.layers)
+    ids = encode("Hark! who goes there?")
+    tutorial.reset_states()
+    theirs = tutorial(np.tile(ids - 1, (8, 1)))[0].numpy()  # the tutorial's ids: ours - 1
+    ours = model(ids[None, :])[0].numpy()
+    np.testing.assert_allclose(ours[:, 1:87], theirs, rtol=1e-5, atol=1e-5)
+    assert (ours[:, [PAD, OOV, BOS, EOS]].max(axis=1) < theirs.min(axis=1)).all()
