@@ -159,7 +159,7 @@ def validate(cfg: DictConfig) -> None:
     """Check the ranges of a composed config; raises ConfigError naming the key."""
     from omegaconf import OmegaConf
 
-    if "path" in cfg.model and OmegaConf.is_missing(cfg.model, "path"):
+    if OmegaConf.is_missing(cfg.model, "path"):  # (`in` is False for a missing value)
         raise ConfigError("model.path", "model=keras_file needs the saved model to start from",
                           "pass model.path=<a .keras or .h5 file, a SavedModel folder, or a "
                           "finished run's output folder>")

@@ -187,7 +187,7 @@ def test_a_pretrained_file_is_fine_tuned_saved_back_and_generates(tmp_path, cach
          "experiment=shakespeare_finetune", f"model.path={pre}", f"dataset.cache_dir={cache_dir}",
          "dataset.seq_length=20", "clients_per_round=2", "rounds=0,2", "eval_every=1",
          f"hydra.sweep.dir={tmp_path}/sweep", "hydra.sweep.subdir=r${rounds}",
-         "tracking.progress_bar=false"],
+         "tracking.progress_bar=false", "tracking.sweep_report=false"],
         cwd=tmp_path, env=cli_env(mlflow_uri), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     start = load(str(pre)).get_weights()

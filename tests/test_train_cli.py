@@ -116,7 +116,6 @@ def test_multirun_gives_one_run_per_job_side_by_side(tmp_path, mlflow_uri, run_c
     (["aggregator=nope"], "error: aggregator=nope: no such option. Fix: choose one of"),
     (["client_optimizer.learning_rate=abc"], "error: client_optimizer.learning_rate=abc:"),
     (["dataset=emnist", "dataset.cache_dir=NOCACHE"], "error: dataset.cache_dir="),
-    (["dataset=shakespeare", "dataset.cache_dir=NOCACHE"], "error: dataset.cache_dir="),
     (["model=keras_file"], "error: model.path: model=keras_file needs the saved model"),
     (["aggregator=drive", "aggregator.block_size=1000"],
      "error: aggregator.block_size=1000: must be a power of two"),
