@@ -85,7 +85,7 @@ def from_tutorial(url: str):
 
     from federated_research.data.shakespeare import CHAR_VOCAB, VOCAB_SIZE
     from federated_research.errors import ConfigError
-    from federated_research.models.keras_file import load
+    from federated_research.models.keras_file import load, with_state
 
     try:
         path = tf.keras.utils.get_file(origin=url, fname=Path(url).name)
@@ -101,15 +101,11 @@ def from_tutorial(url: str):
         raise ConfigError(f"--tutorial-weights={url}", f"is not an Embedding({chars}) ... "
                           f"Dense({chars}) model like the tutorial's",
                           "pass the tutorial's model, or leave out --tutorial-weights")
-    config = tutorial.get_config()  # same layers, 90 ids, batches of any size, no state
+    # the same layers over 90 ids, for batches of any size, without state
+    config = with_state(tutorial.get_config(), stateful=False, batch_size=None)
     for layer in config["layers"]:
-        inner = layer["config"]
-        if "stateful" in inner:
-            inner["stateful"] = False
-        if "batch_input_shape" in inner:
-            inner["batch_input_shape"] = [None, *inner["batch_input_shape"][1:]]
         if layer["class_name"] == "Embedding":
-            inner["input_dim"] = VOCAB_SIZE
+            layer["config"]["input_dim"] = VOCAB_SIZE
     config["layers"][-1]["config"]["units"] = VOCAB_SIZE
     model = type(tutorial).from_config(config)
     for old, new in zip(tutorial.layers, model.layers, strict=True):

@@ -44,16 +44,21 @@ def rebuild(model: tf.keras.Model, stateful: bool, batch_size: int | None = None
     with a fixed batch size. TFF's tutorial ships its model in both forms; this
     turns either into the other.
     """
-    config = model.get_config()
+    copy = type(model).from_config(with_state(model.get_config(), stateful, batch_size))
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def with_state(config: dict, stateful: bool, batch_size: int | None) -> dict:
+    """A Sequential or functional model's config with its recurrent layers (not)
+    stateful and its batch size fixed (or open, None)."""
     for layer in config.get("layers", []):
         inner = layer.get("config", {})
         if "stateful" in inner:
             inner["stateful"] = stateful
         if "batch_input_shape" in inner:
             inner["batch_input_shape"] = [batch_size, *inner["batch_input_shape"][1:]]
-    copy = type(model).from_config(config)
-    copy.set_weights(model.get_weights())
-    return copy
+    return config
 
 
 def is_stateful(model: tf.keras.Model) -> bool:
