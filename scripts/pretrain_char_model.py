@@ -146,6 +146,16 @@ def train_central(train, held_out, args):
     return model, before, held
 
 
+def save_uncompiled(model, out: Path) -> None:
+    """Without the training's loss and metrics (ours and TFF's classes), so that a plain
+    `tf.keras.models.load_model(out)` reads it too."""
+    import tensorflow as tf
+
+    plain = tf.keras.models.clone_model(model)
+    plain.set_weights(model.get_weights())
+    plain.save(out)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="pretrained/char_rnn.keras",
@@ -199,7 +209,7 @@ def main() -> int:
                   f"{before['accuracy']:.4f} -> {after['accuracy']:.4f} "
                   f"({int(after['num_tokens'])} characters)")
         out.parent.mkdir(parents=True, exist_ok=True)
-        model.save(out)
+        save_uncompiled(model, out)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

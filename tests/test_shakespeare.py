@@ -181,6 +181,8 @@ def test_a_pretrained_file_is_fine_tuned_saved_back_and_generates(tmp_path, cach
         cwd=REPO, env=cli_env(None), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "held-out loss" in done.stdout and "model.path=" in done.stdout
+    plain = tf.keras.models.load_model(str(pre))  # Keras alone reads it, without our classes
+    assert plain.output_shape[-1] == VOCAB_SIZE
 
     done = subprocess.run(
         [sys.executable, "-m", "federated_research.train", "-m",
