@@ -23,7 +23,8 @@ def all_options():
 
 @pytest.mark.parametrize(("group", "node", "option"), list(all_options()))
 def test_every_option_composes_and_validates(group, node, option):
-    cfg = compose_config([f"{group}={option}"])
+    required = {"keras_file": ["model.path=pretrained/char_rnn.keras"]}  # no default exists
+    cfg = compose_config([f"{group}={option}", *required.get(option, [])])
     validate(cfg)
     assert cfg[node], f"{group}={option} composed an empty {node}"
 

@@ -200,7 +200,10 @@ def test_a_signal_marks_the_run_killed_and_stops_the_worker(tmp_path, mlflow_uri
     proc = subprocess.Popen(
         [sys.executable, "-m", "federated_research.train", *where, "rounds=500",
          "model=linear", "tracking.progress_bar=false"], cwd=tmp_path,
-        env=cli_env(mlflow_uri), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        env=cli_env(mlflow_uri), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        # As from a terminal, even when pytest itself runs as a background job (whose
+        # children inherit SIGINT ignored, so Python would install no Ctrl-C handler).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 240
         # Watch TensorBoard's files, not the store: a second MLflow client on a new
