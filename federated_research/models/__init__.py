@@ -38,6 +38,10 @@ class ModelSpec:
         return model
 
 
+PICK_A_MODEL = ("pick a model for the dataset: cnn, linear for images (mnist, emnist); "
+                "char_rnn for text (shakespeare)")
+
+
 def outputs_logits(model: tf.keras.Model) -> bool:
     """False when the last layer ends in a softmax (probabilities), True otherwise."""
     last = model.layers[-1]
@@ -63,8 +67,7 @@ def _check_fits(model: tf.keras.Model, input_shape: tuple[int, ...], num_classes
         g in (None, w) for g, w in zip(got, wanted, strict=True))
     if not fits:
         raise ConfigError(key, f"the model takes inputs of shape {got}, the dataset gives "
-                          f"{wanted}", "pick a model for the dataset: cnn, linear for "
-                          "images (mnist, emnist); char_rnn for text (shakespeare)")
+                          f"{wanted}", PICK_A_MODEL)
     if model.output_shape[-1] != num_classes:
         raise ConfigError(key, f"the model predicts {model.output_shape[-1]} classes, the "
                           f"dataset has {num_classes}",
@@ -90,13 +93,11 @@ def build_model(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int,
     with tf.Graph().as_default():
         try:
             probe = keras_fn()
-        except (ValueError, TypeError) as exc:
-            if isinstance(exc, ConfigError):
-                raise
+        except ConfigError:
+            raise
+        except (ValueError, TypeError) as exc:  # Keras layers refusing the input shape
             raise ConfigError(key, f"cannot take the dataset's inputs of shape {input_shape} "
-                              f"({' '.join(str(exc).split())[:200]})",
-                              "pick a model for the dataset: cnn, linear for images (mnist, "
-                              "emnist); char_rnn for text (shakespeare)") from None
+                              f"({' '.join(str(exc).split())[:200]})", PICK_A_MODEL) from None
         _check_fits(probe, input_shape, num_classes, key)
         from_logits = outputs_logits(probe)
     return ModelSpec(keras_fn=keras_fn, input_spec=task.input_spec(input_shape), task=task,
