@@ -30,8 +30,8 @@ class RunParts:
 def build_run_parts(cfg: DictConfig) -> RunParts:
     """Data, model, learning process (uplink aggregator, downlink distributor), bits."""
     from federated_research.aggregators import build_aggregator, with_update_error
-    from federated_research.aggregators.comm_bits import round_comm
     from federated_research.algorithms import initial_state
+    from federated_research.clipping import clip_gradients, clip_updates
     from federated_research.data import build_dataset
     from federated_research.distributors import build_distributor
     from federated_research.models import build_model
@@ -42,18 +42,18 @@ def build_run_parts(cfg: DictConfig) -> RunParts:
                           f"the dataset has only {data.num_clients} training clients",
                           f"pass clients_per_round={data.num_clients} or fewer")
     model = build_model(cfg.model, data.input_shape, data.num_classes, data.task)
-    aggregator = build_aggregator(cfg.aggregator)
+    aggregator = clip_updates(build_aggregator(cfg.aggregator), cfg.client.update_clip_norm)
     if cfg.log_update_error:
         aggregator = with_update_error(aggregator)
     algorithm = hydra.utils.instantiate(cfg.algorithm, _partial_=True)(
         model=model, aggregator=aggregator,
         distributor=build_distributor(cfg.distributor),
-        client_optimizer=hydra.utils.instantiate(cfg.client_optimizer),
+        client_optimizer=clip_gradients(hydra.utils.instantiate(cfg.client_optimizer),
+                                        cfg.client.gradient_clip_norm),
         server_optimizer=hydra.utils.instantiate(cfg.server_optimizer))
-    comm = round_comm(algorithm.process, algorithm.distributor, algorithm.aggregation,
-                      diagnostics=algorithm.diagnostics)
+    comm = algorithm.round_comm()
     spec = LoopSpec(cfg.rounds, cfg.clients_per_round, cfg.eval_every, cfg.seed,
                     cfg.client.epochs, cfg.client.batch_size, cfg.client.shuffle_buffer,
-                    cfg.eval_initial)
+                    cfg.eval_initial, cfg.fed_eval.every)
     state = initial_state(algorithm.process, model, cfg.seed)
     return RunParts(data, model, algorithm, comm, spec, state)

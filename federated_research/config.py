@@ -21,6 +21,7 @@ from federated_research.errors import ConfigError
 class Partition(Enum):
     iid = "iid"
     dirichlet = "dirichlet"
+    shards = "shards"
 
 
 @dataclass
@@ -29,6 +30,7 @@ class MnistConfig:
     num_clients: int = 40
     partition: Partition = Partition.dirichlet
     alpha: float = 0.5
+    shards_per_client: int = 2
     test_fraction: float = 0.2
 
 
@@ -59,6 +61,11 @@ class CharRnnConfig(TargetConfig):
     embedding_dim: int = 256
     rnn_units: int = 1024
     rnn_layers: int = 1
+
+
+@dataclass
+class MlpConfig(TargetConfig):
+    hidden_units: list[int] = field(default_factory=lambda: [200, 200])
 
 
 @dataclass
@@ -94,6 +101,29 @@ class AdamConfig(TargetConfig):
 
 
 @dataclass
+class YogiConfig(AdamConfig):
+    epsilon: float = 1e-3
+    initial_preconditioner_value: float = 1e-6
+
+
+@dataclass
+class AdagradConfig(TargetConfig):
+    learning_rate: float = MISSING
+    initial_preconditioner_value: float = 0.1
+    epsilon: float = 1e-7
+
+
+@dataclass
+class FedProxConfig(TargetConfig):
+    mu: float = 0.01
+
+
+@dataclass
+class CentralizedConfig(TargetConfig):
+    shuffle_buffer: int = 10_000
+
+
+@dataclass
 class TrackingConfig:
     mlflow_uri: str = MISSING
     experiment: str = "federated_research"
@@ -109,6 +139,14 @@ class ClientConfig:
     epochs: int = 1
     batch_size: int = 20
     shuffle_buffer: int = 100
+    gradient_clip_norm: float | None = None
+    update_clip_norm: float | None = None
+
+
+@dataclass
+class FedEvalConfig:
+    every: int = 0
+    clients: int = 20
 
 
 @dataclass
@@ -122,6 +160,7 @@ class Config:
     server_optimizer: Any = MISSING
     tracking: Any = MISSING
     client: ClientConfig = field(default_factory=ClientConfig)
+    fed_eval: FedEvalConfig = field(default_factory=FedEvalConfig)
     rounds: int = 10
     clients_per_round: int = 10
     seed: int = 0
@@ -141,12 +180,16 @@ def register_schemas() -> None:
             ("dataset", "mnist", MnistConfig), ("dataset", "emnist", EmnistConfig),
             ("dataset", "shakespeare", ShakespeareConfig),
             ("model", "target", TargetConfig), ("model", "char_rnn", CharRnnConfig),
+            ("model", "mlp", MlpConfig),
             ("model", "keras_file", KerasFileConfig), ("aggregator", "target", TargetConfig),
             ("distributor", "target", TargetConfig),
             ("aggregator", "compression", CompressionConfig),
             ("aggregator", "tff_compression", TffCompressionConfig),
             ("algorithm", "target", TargetConfig), ("optimizer", "sgdm", SgdmConfig),
-            ("optimizer", "adam", AdamConfig), ("tracking", "default", TrackingConfig)):
+            ("optimizer", "adam", AdamConfig), ("optimizer", "yogi", YogiConfig),
+            ("optimizer", "adagrad", AdagradConfig), ("algorithm", "fedprox", FedProxConfig),
+            ("algorithm", "centralized", CentralizedConfig),
+            ("tracking", "default", TrackingConfig)):
         cs.store(group=f"schema/{group}", name=name, node=node)
 
 
@@ -167,11 +210,19 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.clients_per_round >= 1, "clients_per_round", cfg.clients_per_round,
            "must be at least 1", "10")
     _check(cfg.eval_every >= 1, "eval_every", cfg.eval_every, "must be at least 1", "5")
+    _check(cfg.fed_eval.every >= 0, "fed_eval.every", cfg.fed_eval.every,
+           "must be 0 (off) or more", "5")
+    _check(cfg.fed_eval.clients >= 1, "fed_eval.clients", cfg.fed_eval.clients,
+           "must be at least 1", "20")
     _check(cfg.eval_batch_size >= 1, "eval_batch_size", cfg.eval_batch_size,
            "must be at least 1", "500")
     for key, example in (("epochs", 1), ("batch_size", 20), ("shuffle_buffer", 100)):
         value = cfg.client[key]
         _check(value >= 1, f"client.{key}", value, "must be at least 1", str(example))
+    for key in ("gradient_clip_norm", "update_clip_norm"):
+        value = cfg.client[key]
+        _check(value is None or value > 0, f"client.{key}", value,
+               "must be positive (or null for no clipping)", "1.0")
     for node in ("client_optimizer", "server_optimizer"):
         lr = cfg[node].learning_rate
         _check(lr > 0, f"{node}.learning_rate", lr, "must be positive", "0.1")
@@ -184,6 +235,9 @@ def validate(cfg: DictConfig) -> None:
     if "num_clients" in data:
         _check(data.num_clients >= 1, "dataset.num_clients", data.num_clients,
                "must be at least 1", "40")
+    if "shards_per_client" in data:
+        _check(data.shards_per_client >= 1, "dataset.shards_per_client", data.shards_per_client,
+               "must be at least 1", "2")
     if "alpha" in data:
         _check(data.alpha > 0, "dataset.alpha", data.alpha, "must be positive", "0.5")
     if "seq_length" in data:

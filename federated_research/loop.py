@@ -6,9 +6,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import tensorflow as tf
 import tensorflow_federated as tff
 
 from federated_research.aggregators.comm_bits import RoundComm
+from federated_research.algorithms import FederatedAlgorithm
 from federated_research.data.federated_data import FederatedData
 from federated_research.seeds import Stream, int_seed, rng
 from federated_research.tracking import Tracker
@@ -26,6 +28,12 @@ class LoopSpec:
     batch_size: int
     shuffle_buffer: int
     eval_initial: bool = False
+    fed_eval_every: int = 0  # 0 = no federated evaluation
+
+    def due(self, every: int, rounds_done: int) -> bool:
+        """Whether an evaluation every `every` rounds is due after `rounds_done`
+        rounds (always after the last round; never when `every` is 0)."""
+        return every > 0 and (rounds_done % every == 0 or rounds_done == self.rounds)
 
 
 @dataclass
@@ -41,9 +49,10 @@ class RunState:
     startup_seconds: float = float("nan")
 
 
-def sample_clients(client_ids: list[str], k: int, seed: int, round_num: int) -> list[str]:
+def sample_clients(client_ids: list[str], k: int, seed: int, round_num: int,
+                   stream: Stream = Stream.SAMPLING) -> list[str]:
     """`k` distinct clients for round `round_num`; the same for the same seed and round."""
-    picked = rng(seed, Stream.SAMPLING, round_num).choice(len(client_ids), size=k, replace=False)
+    picked = rng(seed, stream, round_num).choice(len(client_ids), size=k, replace=False)
     return [client_ids[i] for i in picked]
 
 
@@ -54,6 +63,14 @@ def client_datasets(data: FederatedData, sampled: list[str], spec: LoopSpec,
                                      spec.batch_size, spec.shuffle_buffer,
                                      seed=int_seed(spec.seed, Stream.SHUFFLE, round_num, i))
             for i, cid in enumerate(sampled)]
+
+
+def pooled_batches(pooled: tf.data.Dataset, data: FederatedData, spec: LoopSpec,
+                   shuffle_buffer: int, round_num: int) -> tf.data.Dataset:
+    """The centralised baseline's round: every training example, through the
+    dataset's own batching, shuffled by the round's seed with a large buffer."""
+    return data.task.client_batches(pooled, spec.epochs, spec.batch_size, shuffle_buffer,
+                                    seed=int_seed(spec.seed, Stream.SHUFFLE, round_num))
 
 
 def reported_errors(metrics) -> dict[str, float]:
@@ -71,14 +88,26 @@ def reported_errors(metrics) -> dict[str, float]:
     return found
 
 
-def run_rounds(process: tff.learning.templates.LearningProcess, run: RunState,
+def run_rounds(algorithm: FederatedAlgorithm, run: RunState,
                data: FederatedData, spec: LoopSpec, comm: RoundComm,
                evaluate: Callable[[tff.learning.models.ModelWeights], dict[str, float]],
-               tracker: Tracker) -> RunState:
-    """Train from `run.next_round` to `spec.rounds`, logging every round at step = round."""
+               tracker: Tracker,
+               fed_evaluate: Callable[[tff.learning.models.ModelWeights, int],
+                                      dict[str, float]] | None = None) -> RunState:
+    """Train from `run.next_round` to `spec.rounds`, logging every round at step = round.
+
+    `evaluate` (centralised) runs every `spec.eval_every` rounds, `fed_evaluate`
+    (federated, given the round) every `spec.fed_eval_every` rounds.
+    """
+    process = algorithm.process
     client_ids = list(data.train.client_ids)
+    pooled = (None if algorithm.pooled_shuffle_buffer is None  # the centralised baseline
+              else data.train.create_tf_dataset_from_all_clients(seed=spec.seed))
     if spec.rounds == 0:  # nothing to train: report the initial model
-        run.last = evaluate(process.get_model_weights(run.state))
+        weights = process.get_model_weights(run.state)
+        run.last = evaluate(weights)
+        if fed_evaluate is not None and spec.fed_eval_every > 0:
+            run.last.update(fed_evaluate(weights, 0))
         tracker.log_metrics(run.last, step=0)
         return run
     if spec.eval_initial and run.next_round == 0:  # e.g. a pre-trained model before fine-tuning
@@ -87,9 +116,13 @@ def run_rounds(process: tff.learning.templates.LearningProcess, run: RunState,
                              for k, v in initial.items()}, step=0)
     for round_num in range(run.next_round, spec.rounds):
         start = time.perf_counter()
-        sampled = sample_clients(client_ids, spec.clients_per_round, spec.seed, round_num)
-        datasets = client_datasets(data, sampled, spec, round_num)
-        output = process.next(run.state, datasets)
+        if pooled is None:
+            sampled = sample_clients(client_ids, spec.clients_per_round, spec.seed, round_num)
+            output = process.next(run.state, client_datasets(data, sampled, spec, round_num))
+        else:
+            sampled = []
+            output = process.next(run.state, pooled_batches(
+                pooled, data, spec, algorithm.pooled_shuffle_buffer, round_num))
         seconds = time.perf_counter() - start
         run.state, run.next_round = output.state, round_num + 1
         run.round_seconds.append(seconds)
@@ -104,8 +137,10 @@ def run_rounds(process: tff.learning.templates.LearningProcess, run: RunState,
                    "comm/broadcasted_bits_cumulative": run.broadcasted_bits,
                    "comm/aggregated_bits_cumulative": run.aggregated_bits,
                    "time/round_seconds": seconds}
-        if run.next_round % spec.eval_every == 0 or run.next_round == spec.rounds:
+        if spec.due(spec.eval_every, run.next_round):
             metrics.update(evaluate(process.get_model_weights(run.state)))
+        if fed_evaluate is not None and spec.due(spec.fed_eval_every, run.next_round):
+            metrics.update(fed_evaluate(process.get_model_weights(run.state), round_num))
         run.last.update(metrics)
         tracker.log_metrics(metrics, step=round_num)
     return run

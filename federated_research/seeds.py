@@ -17,6 +17,7 @@ class Stream(IntEnum):
     SAMPLING = 2
     INIT = 3
     SHUFFLE = 4
+    FED_EVAL = 5
 
 
 def rng(seed: int, stream: Stream, *keys: int) -> np.random.Generator:

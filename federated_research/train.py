@@ -94,6 +94,12 @@ def _build_and_run(cfg: DictConfig, output_dir: Path, started: float):
     parts = build_run_parts(cfg)
     run = RunState(parts.initial_state)
     evaluate = CentralEvaluator(parts.model, parts.data.test, cfg.eval_batch_size)
+    fed_evaluate = None
+    if cfg.fed_eval.every > 0:
+        from federated_research.fed_evaluation import FederatedEvaluator
+
+        fed_evaluate = FederatedEvaluator(parts.model, parts.data.test_clients,
+                                          cfg.fed_eval.clients, cfg.eval_batch_size, cfg.seed)
     weights = parts.algorithm.process.get_model_weights(parts.initial_state)
     comm = {**parts.comm.describe(), "model_parameters": int(sum(
         w.size for w in [*weights.trainable, *weights.non_trainable]))}
@@ -101,8 +107,8 @@ def _build_and_run(cfg: DictConfig, output_dir: Path, started: float):
         run.startup_seconds = time.time() - started
         _process_ready = True
         tracker.log_metrics({"time/startup_seconds": run.startup_seconds}, step=0)
-        run = run_rounds(parts.algorithm.process, run, parts.data, parts.spec, parts.comm,
-                         evaluate, tracker)
+        run = run_rounds(parts.algorithm, run, parts.data, parts.spec, parts.comm,
+                         evaluate, tracker, fed_evaluate)
         if cfg.tracking.save_model:
             path = output_dir / MODEL_FILE
             save_keras(parts.model, parts.algorithm.process.get_model_weights(run.state), path)

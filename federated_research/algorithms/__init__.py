@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
@@ -19,12 +20,26 @@ class FederatedAlgorithm:
     `aggregation` on their own to tell model traffic from control traffic, and
     `diagnostics` (simulation-only measurements such as the update error) to
     keep their traffic out of both.
+
+    `pooled_shuffle_buffer` is set only by the centralised baseline
+    (centralized.py): its rounds train on all training clients' data pooled,
+    shuffled with that buffer, instead of on sampled clients, and send nothing.
     """
 
     process: tff.learning.templates.LearningProcess
-    distributor: tff.templates.MeasuredProcess
-    aggregation: tff.templates.MeasuredProcess
+    distributor: tff.templates.MeasuredProcess | None
+    aggregation: tff.templates.MeasuredProcess | None
     diagnostics: tuple[tff.templates.MeasuredProcess, ...] = ()
+    pooled_shuffle_buffer: int | None = None
+
+    def round_comm(self):
+        """The bits of a round, read off the built computations (comm_bits.py)."""
+        from federated_research.aggregators.comm_bits import CommCost, RoundComm, round_comm
+
+        if self.pooled_shuffle_buffer is not None:  # centralised: nothing crosses a network
+            return RoundComm(CommCost(), 0, 0)
+        return round_comm(self.process, self.distributor, self.aggregation,
+                          diagnostics=self.diagnostics)
 
 
 def aggregation_parts(aggregator: tff.aggregators.WeightedAggregationFactory, value_type,
@@ -36,6 +51,23 @@ def aggregation_parts(aggregator: tff.aggregators.WeightedAggregationFactory, va
         return (aggregator.inner.create(value_type, weight_type),
                 (aggregator.diagnostic_process(value_type, weight_type),))
     return aggregator.create(value_type, weight_type), ()
+
+
+def tff_algorithm(build_process, model: ModelSpec, aggregator, distributor) -> FederatedAlgorithm:
+    """A `tff.learning` builder's process with the parts the bit accounting measures.
+
+    `build_process(model_distributor)` calls the builder; the distributor
+    (downlink) is built here and handed to it, so the accounting measures
+    exactly the parts the process runs.
+    """
+    from federated_research.distributors.plain import PlainBroadcast
+
+    weights_type = tff.learning.models.weights_type_from_model(model.tff_model_fn)
+    distribution = (distributor or PlainBroadcast()).create(weights_type)
+    aggregation, diagnostics = aggregation_parts(aggregator, weights_type.trainable,
+                                                 tff.TensorType(np.float32))
+    return FederatedAlgorithm(process=build_process(distribution), distributor=distribution,
+                              aggregation=aggregation, diagnostics=diagnostics)
 
 
 def initial_state(process: tff.learning.templates.LearningProcess, model: ModelSpec,

@@ -18,4 +18,5 @@ def load_emnist(only_digits: bool = True, cache_dir: str | None = None,
                               only_digits=only_digits)
     # TFF joins the test clients in a random order unless seeded: same order every run.
     return FederatedData(train=train, test=test.create_tf_dataset_from_all_clients(seed=0),
+                         test_clients=test,
                          num_classes=10 if only_digits else 62)

@@ -20,7 +20,8 @@ class FederatedData:
     predictions; the image datasets' examples are EMNIST-shaped,
     OrderedDict(label=int32[], pixels=float32[28, 28]). `input_shape` and
     `num_classes` are what a model builder gets: (28, 28, 1) and 10 for digits,
-    (seq_length,) and the vocabulary size for text.
+    (seq_length,) and the vocabulary size for text. `test_clients` is the same
+    held-out data split over clients, for federated evaluation.
     """
 
     train: tff.simulation.datasets.ClientData
@@ -28,6 +29,7 @@ class FederatedData:
     num_classes: int
     input_shape: tuple[int, ...] = (28, 28, 1)
     task: Task = field(default_factory=ImageClassification)
+    test_clients: tff.simulation.datasets.ClientData | None = None
 
     @property
     def num_clients(self) -> int:

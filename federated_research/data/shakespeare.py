@@ -153,5 +153,6 @@ def load_shakespeare(seq_length: int = 100, max_sequences: int | None = None,
                               cache_dir)
     # TFF joins the test clients in a random order unless seeded: same order every run.
     return FederatedData(train=train, test=test.create_tf_dataset_from_all_clients(seed=0),
+                         test_clients=test,
                          num_classes=VOCAB_SIZE, input_shape=(seq_length,),
                          task=CharPrediction(seq_length, max_sequences))
