@@ -224,6 +224,10 @@ def validate(cfg: DictConfig) -> None:
         _check(value is None or value > 0, f"client.{key}", value,
                "must be positive (or null for no clipping)", "1.0")
     for node in ("client_optimizer", "server_optimizer"):
+        if not isinstance(cfg[node], DictConfig):  # `server_optimizer=adam` sets a string
+            raise ConfigError(f"{node}={cfg[node]}", "an optimizer is picked from the "
+                              "optimizer group, used once for each side",
+                              f"pass optimizer@{node}={cfg[node]}")
         lr = cfg[node].learning_rate
         _check(lr > 0, f"{node}.learning_rate", lr, "must be positive", "0.1")
     if "bits" in cfg.aggregator:

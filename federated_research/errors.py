@@ -30,7 +30,8 @@ def one_line(exc: BaseException) -> str:
             return (f"{group}={name}: no such option. Fix: choose one of "
                     f"{', '.join(options)}")
         return _first_line(str(exc)) + ". Fix: check the spelling of the option"
-    cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else exc
+    inner = exc.__cause__ or exc.__context__  # Hydra raises composition errors while handling
+    cause = inner if isinstance(inner, OmegaConfBaseException) else exc
     if isinstance(cause, OmegaConfBaseException):
         key = getattr(cause, "full_key", None)
         value = getattr(cause, "value", None)
@@ -38,7 +39,8 @@ def one_line(exc: BaseException) -> str:
         if not key:
             return problem
         if isinstance(cause, ConfigAttributeError | ConfigKeyError):
-            return (f"{key}: no such config key. Fix: check the spelling "
+            return (f"{key}: no such config key ({problem}). Fix: check the spelling, or drop "
+                    "the key if the option you picked does not have it "
                     "(`python -m federated_research.train --cfg job` prints every key)")
         wanted = next((w for t, w in _TYPE_WORDS.items() if f"converted to {t}" in problem),
                       "a value of the right type")

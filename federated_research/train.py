@@ -71,7 +71,7 @@ def _bits(bits: float) -> str:
     """2.47 Gibit, 16.0 Mibit, 3.1 kibit: 2^10 steps, as the README counts."""
     for unit, size in (("Gibit", 2**30), ("Mibit", 2**20), ("kibit", 2**10)):
         if bits >= size:
-            return f"{bits / size:.3g} {unit}"
+            return f"{bits / size:.4g} {unit}"
     return f"{bits:.0f} bit"
 
 

@@ -13,6 +13,7 @@ from tests.conftest import compose_config, options
 
 IMAGES, TEXT = ((28, 28, 1), 10), ((100,), 90)  # (input shape, classes or vocabulary)
 PARAMS = {"cnn": (IMAGES, 1_663_370), "linear": (IMAGES, 7_850),
+          "mlp": (IMAGES, 199_210),  # McMahan et al.'s 2NN, as the paper counts it
           # 90 x 256 embedding, GRU(1024) with reset_after biases, 1024 x 90 dense + bias
           "char_rnn": (TEXT, 90 * 256 + 3 * (256 * 1024 + 1024 * 1024 + 2 * 1024) + 1024 * 90 + 90),
           "char_rnn_small": (TEXT, 90 * 64 + 3 * (64 * 256 + 256 * 256 + 2 * 256) + 256 * 90 + 90)}
@@ -84,8 +85,13 @@ def _linear_process(overrides: list[str]):
         server_optimizer=hydra.utils.instantiate(cfg.server_optimizer))
 
 
-@pytest.mark.parametrize("algorithm", options("algorithm"))
-@pytest.mark.parametrize("aggregator", options("aggregator"))
+FEDERATED = [a for a in options("algorithm") if a != "centralized"]
+
+
+@pytest.mark.parametrize(("algorithm", "aggregator"), [
+    *[("fedavg", a) for a in options("aggregator")],
+    *[("custom_fedavg", a) for a in options("aggregator")],  # ours takes every aggregator too
+    *[(a, "mean") for a in FEDERATED if a not in ("fedavg", "custom_fedavg")]])
 def test_every_aggregator_builds_a_learning_process(aggregator, algorithm):
     built = _linear_process([f"aggregator={aggregator}", f"algorithm={algorithm}"])
     assert isinstance(built.process, tff.learning.templates.LearningProcess)

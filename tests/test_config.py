@@ -86,7 +86,7 @@ def test_compression_vs_baseline_sweeps_every_aggregator_over_three_seeds():
 @pytest.mark.parametrize(("override", "key"), [
     ("client_optimizer.learning_rate=abc", "client_optimizer.learning_rate"),
     ("rounds=ten", "rounds"),
-    ("dataset.partition=shards", "dataset.partition"),
+    ("dataset.partition=pathological", "dataset.partition"),
     ("client.batch_size=1.5", "client.batch_size"),
 ])
 def test_wrong_types_fail_at_compose_time_naming_the_key(override, key):
@@ -94,6 +94,24 @@ def test_wrong_types_fail_at_compose_time_naming_the_key(override, key):
         compose_config([override])
     line = one_line(err.value)
     assert "\n" not in line and line.startswith(key), line
+
+
+def test_a_key_the_picked_option_lacks_is_one_line():
+    """A preset's Adam settings survive a switch to SGD: name the key, not the stack."""
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_config(["experiment=fedadam_emnist62", "optimizer@server_optimizer=sgd"])
+    line = one_line(err.value)
+    assert line.startswith("server_optimizer.beta_1: no such config key") and "\n" not in line
+
+
+def test_fedadam_preset_is_fedavg_with_adam_on_the_server():
+    fedavg = compose_config(["experiment=fedavg_emnist62"])
+    fedadam = compose_config(["experiment=fedadam_emnist62"])
+    assert fedadam.dataset.only_digits is False and fedadam.model._target_.endswith("build_cnn")
+    assert fedadam.server_optimizer._target_.endswith("build_adam")
+    assert fedavg.server_optimizer._target_.endswith("build_sgdm")
+    for key in ("dataset", "model", "client_optimizer", "rounds", "fed_eval", "tracking"):
+        assert fedavg[key] == fedadam[key], key
 
 
 def test_unknown_option_lists_the_real_ones():
@@ -112,6 +130,12 @@ def test_unknown_option_lists_the_real_ones():
     ("client_optimizer.learning_rate=-0.1", "client_optimizer.learning_rate=-0.1"),
     ("dataset.alpha=0", "dataset.alpha=0.0"),
     ("dataset.test_fraction=1.0", "dataset.test_fraction=1.0"),
+    ("dataset.shards_per_client=0", "dataset.shards_per_client=0"),
+    ("fed_eval.every=-1", "fed_eval.every=-1"),
+    ("fed_eval.clients=0", "fed_eval.clients=0"),
+    ("client.update_clip_norm=0", "client.update_clip_norm=0.0"),
+    ("client.gradient_clip_norm=-1", "client.gradient_clip_norm=-1.0"),
+    ("server_optimizer=adam", "server_optimizer=adam"),  # the group is optimizer@server_optimizer
 ])
 def test_out_of_range_values_are_rejected_naming_the_key(override, key):
     with pytest.raises(ConfigError) as err:

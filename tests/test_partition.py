@@ -47,3 +47,19 @@ def test_same_seed_same_split():
 def test_more_clients_than_examples_is_a_config_error():
     with pytest.raises(ConfigError, match="dataset.num_clients"):
         partition.iid(LABELS[:5], 6, np.random.default_rng(0))
+
+
+def test_shards_deal_label_sorted_shards_of_equal_size():
+    parts = partition.shards(LABELS, 20, 2, np.random.default_rng(0))
+    _check_exact_cover(parts, len(LABELS))
+    assert {len(p) for p in parts} == {50}  # 2 shards of 1000 / 40 = 25 examples
+    # A shard of 25 never spans two labels here (100 per label), so a client sees <= 2.
+    assert max(len(np.unique(LABELS[p])) for p in parts) <= 2
+    assert np.mean([len(np.unique(LABELS[p])) for p in parts]) > 1.5  # mostly two
+    again = partition.shards(LABELS, 20, 2, np.random.default_rng(0))
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
+
+
+def test_too_many_shards_is_a_config_error():
+    with pytest.raises(ConfigError, match="dataset.num_clients"):
+        partition.shards(LABELS[:30], 20, 2, np.random.default_rng(0))

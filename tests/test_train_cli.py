@@ -176,18 +176,32 @@ def test_unreachable_tracking_server_fails_fast_in_one_line(tmp_path, run_cli, s
     assert time.monotonic() - start < 60
 
 
-def test_emnist_trains_from_a_tff_cache(tmp_path, mlflow_uri, run_cli):
+def test_emnist62_hand_written_fedavg_with_federated_evaluation(tmp_path, mlflow_uri, run_cli):
+    """EMNIST's 62 classes from a TFF cache, the 2NN, FedAvg by hand, and fed_eval/* logged
+    beside eval/* in both MLflow and TensorBoard."""
     from tests.conftest import write_emnist_cache
 
     write_emnist_cache(tmp_path / "cache", writers=4, per_writer=6)
     done = run_cli("dataset=emnist", f"dataset.cache_dir={tmp_path}/cache",
-                   "dataset.only_digits=false", "model=linear", "rounds=1",
-                   "clients_per_round=3")
+                   "dataset.only_digits=false", "model=mlp", "algorithm=custom_fedavg",
+                   "rounds=2", "clients_per_round=3", "fed_eval.every=1", "fed_eval.clients=3",
+                   "hydra.run.dir=out")
     assert done.returncode == 0, done.stderr[-3000:]
     client, runs = _runs(mlflow_uri)
-    assert runs[0].info.status == "FINISHED"
-    # 62 classes: a 784 x 62 + 62 model is broadcast to each of the 3 clients.
-    assert _history(client, runs[0].info.run_id, "comm/broadcasted_bits")[0] == 3 * 48670 * 32
+    run_id = runs[0].info.run_id
+    assert runs[0].info.status == "FINISHED" and runs[0].data.tags["algorithm"] == "custom_fedavg"
+    # 62 classes: the 784-200-200-62 model is broadcast to each of the 3 clients.
+    mlp = 784 * 200 + 200 + 200 * 200 + 200 + 200 * 62 + 62
+    assert _history(client, run_id, "comm/broadcasted_bits")[0] == 3 * mlp * 32
+    board = _tensorboard(tmp_path / "out" / "tensorboard")
+    for key in ("fed_eval/accuracy", "fed_eval/loss", "fed_eval/client_accuracy_median",
+                "fed_eval/client_accuracy_min", "fed_eval/clients", "fed_eval/broadcasted_bits"):
+        logged = _history(client, run_id, key)
+        assert sorted(logged) == [0, 1], key  # every round, on its own schedule
+        assert board[key] == pytest.approx(logged, rel=1e-6), key
+    assert sorted(_history(client, run_id, "eval/accuracy")) == [1]  # eval_every=5: the last
+    assert _history(client, run_id, "fed_eval/clients")[1] == 3
+    assert _history(client, run_id, "fed_eval/broadcasted_bits")[1] == 3 * mlp * 32
 
 
 @pytest.mark.parametrize(("sig", "sweep"), [(signal.SIGTERM, False), (signal.SIGINT, False),

@@ -17,8 +17,8 @@ separation is what lets the bit accounting (aggregators/comm_bits.py) read the
 traffic off this process exactly as off TFF's own builders: every transfer is a
 federated intrinsic with a static type.
 
-To write a new algorithm, change `client_update` (e.g. add a proximal term, or
-return gradients) or `server_update` (e.g. momentum), and keep `next_fn`'s shape.
+To write a new algorithm, change `local_training` (FedProx's proximal term is
+there, three lines) or `server_update` (e.g. momentum), and keep `next_fn`'s shape.
 With server SGD at learning rate 1 this process reaches the same weights as
 `tff.learning.algorithms.build_weighted_fed_avg` (tests/test_algorithms.py).
 It leaves out what TFF's builder adds for robustness: zeroing a client whose
@@ -62,8 +62,13 @@ class ClientOutput(NamedTuple):
 @tf.function
 def local_training(model: tff.learning.models.VariableModel,
                    optimizer: tff.learning.optimizers.Optimizer,
-                   initial: ModelWeights, dataset: tf.data.Dataset) -> ClientOutput:
-    """Client step: train from `initial` on every batch of `dataset`, in order."""
+                   initial: ModelWeights, dataset: tf.data.Dataset,
+                   mu: float = 0.0) -> ClientOutput:
+    """Client step: train from `initial` on every batch of `dataset`, in order.
+
+    `mu` > 0 adds FedProx's proximal term mu/2 ||w - initial||^2 to the loss
+    (Li et al. 2020), whose gradient mu (w - initial) pulls towards the server model.
+    """
     weights = ModelWeights.from_model(model)
     tf.nest.map_structure(lambda v, w: v.assign(w), weights, initial)
     trainable = tuple(weights.trainable)
@@ -73,6 +78,9 @@ def local_training(model: tff.learning.models.VariableModel,
         with tf.GradientTape() as tape:
             output = model.forward_pass(batch, training=True)
         gradients = tape.gradient(output.loss, trainable)
+        if mu > 0:
+            gradients = tuple(g + mu * (w - w0) for g, w, w0
+                              in zip(gradients, trainable, initial.trainable, strict=True))
         optimizer_state, updated = optimizer.next(optimizer_state, trainable, gradients)
         for variable, value in zip(trainable, updated, strict=True):
             variable.assign(value)
@@ -89,8 +97,10 @@ def local_training(model: tff.learning.models.VariableModel,
 def build_custom_fedavg(model: ModelSpec, client_optimizer: tff.learning.optimizers.Optimizer,
                         server_optimizer: tff.learning.optimizers.Optimizer,
                         aggregator: tff.aggregators.WeightedAggregationFactory,
-                        distributor: Distributor | None = None) -> FederatedAlgorithm:
-    """FedAvg as a `tff.learning.templates.LearningProcess` built from Federated Core parts."""
+                        distributor: Distributor | None = None,
+                        proximal_strength: float = 0.0) -> FederatedAlgorithm:
+    """FedAvg as a `tff.learning.templates.LearningProcess` built from Federated Core parts
+    (FedProx with `proximal_strength` > 0)."""
     # --- types: what a model's weights, a client's data and its metrics look like
     weights_type = tff.learning.models.weights_type_from_model(model.tff_model_fn)
     with tf.Graph().as_default():  # a throwaway model, only to read types off it
@@ -107,7 +117,8 @@ def build_custom_fedavg(model: ModelSpec, client_optimizer: tff.learning.optimiz
     # --- TensorFlow: what runs on a client, and on the server
     @tff.tensorflow.computation(weights_type, data_type)
     def client_update(initial, dataset):
-        return local_training(model.tff_model_fn(), client_optimizer, initial, dataset)
+        return local_training(model.tff_model_fn(), client_optimizer, initial, dataset,
+                              proximal_strength)
 
     @tff.tensorflow.computation
     def initial_model():
