@@ -57,6 +57,8 @@ class Run:
     update_nmse: list[float]
     per_client: dict[str, int] = field(default_factory=dict)
     parameters: int | None = None
+    # federated evaluation (fed_eval/*): pooled accuracy, and the per-client spread
+    fed_eval: dict[str, dict[int, float]] = field(default_factory=dict)
 
     @property
     def final_accuracy(self) -> float | None:
@@ -87,6 +89,9 @@ class Run:
         return self.accuracy[inside[-1]] if inside else None
 
 
+FED_EVAL_CURVES = ("accuracy", "client_accuracy_p10", "client_accuracy_p90")
+
+
 def _history(client, run_id: str, key: str) -> dict[int, float]:
     return {m.step: m.value for m in client.get_metric_history(run_id, key)}
 
@@ -101,7 +106,8 @@ def _load(client, mlflow_run, tmp: str) -> Run:
         up=_history(client, run_id, "comm/aggregated_bits_cumulative"),
         down=_history(client, run_id, "comm/broadcasted_bits_cumulative"),
         round_seconds=_history(client, run_id, "time/round_seconds"),
-        update_nmse=list(_history(client, run_id, "comm/update_nmse").values()))
+        update_nmse=list(_history(client, run_id, "comm/update_nmse").values()),
+        fed_eval={key: _history(client, run_id, f"fed_eval/{key}") for key in FED_EVAL_CURVES})
     try:
         comm = json.loads(Path(client.download_artifacts(run_id, "comm_bits.json",
                                                          tmp)).read_text())
@@ -120,15 +126,16 @@ def load_runs(uri: str, experiment: str | None = None, parent: str | None = None
     from mlflow import MlflowClient
 
     from federated_research.tracking.mlflow_sink import logging_preserved
-    from federated_research.tracking.sweep import PARENT_TAG
+    from federated_research.tracking.sweep import PARENT_TAG, all_experiments
 
     with logging_preserved():
         client = MlflowClient(tracking_uri=uri)
         if parent and parent != "last":
             try:
-                experiment_ids = [client.get_run(parent).info.experiment_id]
+                client.get_run(parent)
             except Exception as exc:  # noqa: BLE001 - MLflow's own "not found"
                 raise ReportError(f"no run {parent} in {uri}") from exc
+            experiment_ids = all_experiments(client)  # children may sit in other experiments
         else:
             found = client.get_experiment_by_name(experiment or "federated_research")
             if found is None:
@@ -396,7 +403,43 @@ def plot(rows: list[dict], settings: dict, out_dir: Path, title: str) -> list[Pa
     ax.set_title(f"{title}: bits vs accuracy")
     ax.grid(alpha=0.3, which="both")
     paths.append(_save(fig, out_dir / "pareto.png"))
+    if any(r.fed_eval.get("accuracy") for runs in by_label.values() for r in runs):
+        paths.append(_plot_evaluations(rows, by_label, colors, out_dir, title))
     return paths
+
+
+def _plot_evaluations(rows, by_label, colors, out_dir: Path, title: str) -> Path:
+    """evaluation.png: centralised against federated evaluation by round, with the
+    10th-90th percentile band of the per-client accuracies (means over seeds)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for row in rows:
+        runs = [r for r in by_label[row["config"]] if r.fed_eval.get("accuracy")]
+        if not runs:
+            continue
+        color = colors[row["config"]]
+        central = sorted(set.intersection(*(set(r.accuracy) for r in runs)))
+        ax.plot([s + 1 for s in central],
+                [statistics.fmean(r.accuracy[s] for r in runs) for s in central],
+                color=color, marker="o", ms=3, label=f"{row['config']}: centralised (eval/)")
+        steps = sorted(set.intersection(*(set(r.fed_eval["accuracy"]) for r in runs)))
+
+        def mean(key, runs=runs, steps=steps):
+            return [statistics.fmean(r.fed_eval[key].get(s, float("nan")) for r in runs)
+                    for s in steps]
+
+        xs = [s + 1 for s in steps]
+        ax.plot(xs, mean("accuracy"), color=color, ls="--", marker="s", ms=3,
+                label=f"{row['config']}: federated (fed_eval/)")
+        ax.fill_between(xs, mean("client_accuracy_p10"), mean("client_accuracy_p90"),
+                        color=color, alpha=0.12)
+    ax.set_xlabel("rounds trained")
+    ax.set_ylabel("accuracy (band: 10th-90th percentile over test clients)")
+    ax.set_title(f"{title}: centralised vs federated evaluation")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, out_dir / "evaluation.png")
 
 
 def _save(fig, path: Path) -> Path:

@@ -110,7 +110,7 @@ def test_fedadam_preset_is_fedavg_with_adam_on_the_server():
     assert fedadam.dataset.only_digits is False and fedadam.model._target_.endswith("build_cnn")
     assert fedadam.server_optimizer._target_.endswith("build_adam")
     assert fedavg.server_optimizer._target_.endswith("build_sgdm")
-    for key in ("dataset", "model", "client_optimizer", "rounds", "fed_eval", "tracking"):
+    for key in ("dataset", "model", "client_optimizer", "rounds", "fed_eval", "client"):
         assert fedavg[key] == fedadam[key], key
 
 

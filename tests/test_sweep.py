@@ -66,7 +66,8 @@ def _hparams(logdir: Path) -> dict[str, object]:
 def test_a_sweep_is_one_parent_with_named_children_hparams_and_a_report(tmp_path, mlflow_uri,
                                                                         run_cli):
     done = run_cli("aggregator=mean,drive", "rounds=2", "model=linear", "clients_per_round=3",
-                   "eval_every=1", "hydra.sweep.dir=sweep", multirun=True)
+                   "eval_every=1", "fed_eval.every=2", "fed_eval.clients=3",
+                   "hydra.sweep.dir=sweep", multirun=True)
     assert done.returncode == 0, done.stderr[-3000:]
     console = done.stdout + done.stderr
     assert "alembic" not in console and "Migration" not in console  # a new store, quietly
@@ -105,7 +106,7 @@ def test_a_sweep_is_one_parent_with_named_children_hparams_and_a_report(tmp_path
     # the report, on the parent run and in the sweep dir
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/report.md", "report/rate_accuracy.png", "report/pareto.png",
-            "report/accuracy_vs_round.png"} <= artifacts
+            "report/accuracy_vs_round.png", "report/evaluation.png"} <= artifacts
     rows = json.loads((sweep / "report" / "report.json").read_text())["rows"]
     by_config = {r["config"]: r for r in rows}
     mean_up = client.get_run(next(k.info.run_id for k in kids if k.info.run_name == "mean")
@@ -114,6 +115,24 @@ def test_a_sweep_is_one_parent_with_named_children_hparams_and_a_report(tmp_path
     assert by_config["drive"]["up_ratio"] > 20  # 1 bit a coordinate against 32
     assert (sweep / "report" / "pareto.png").stat().st_size > 10_000
     assert "## Report" in client.get_run(parent.info.run_id).data.tags["mlflow.note.content"]
+
+
+def test_a_sweeps_children_are_found_in_other_experiments(mlflow_uri, tmp_path):
+    """`-m experiment=a,b` whose presets set tracking.experiment: the parent sits in the
+    default experiment, its children in theirs; the sweep still ends FINISHED."""
+    import time
+
+    from federated_research.tracking.sweep import SweepInfo, end_sweep
+
+    client = MlflowClient(mlflow_uri)
+    home, other = (client.create_experiment(n) for n in ("federated_research", "presets"))
+    parent = client.create_run(home, tags={"run_type": "sweep"}).info.run_id
+    child = client.create_run(other, tags={PARENT_TAG: parent}).info.run_id
+    client.set_terminated(child, "FINISHED")
+    info = SweepInfo(uri=mlflow_uri, experiment_id=home, parent_run_id=parent, sweep_id="s",
+                     swept=[], groups=[], started=time.time(), folder=str(tmp_path))
+    assert end_sweep(info, report=False) == "FINISHED"
+    assert client.get_run(parent).data.metrics["sweep/jobs"] == 1
 
 
 def test_a_sweep_with_a_failed_job_ends_failed_in_one_line(tmp_path, mlflow_uri, run_cli):

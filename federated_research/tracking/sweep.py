@@ -207,8 +207,14 @@ def record_failed_job(folder: Path, job_num: int, error: str) -> None:
 
 
 def children(client, info: SweepInfo) -> list:
-    return client.search_runs([info.experiment_id],
+    return client.search_runs(all_experiments(client),
                               f"tags.`{PARENT_TAG}` = '{info.parent_run_id}'", max_results=10000)
+
+
+def all_experiments(client) -> list[str]:
+    """Every experiment's id: a sweep over presets (`-m experiment=a,b`) whose presets set
+    `tracking.experiment` has its children in their experiments, its parent in the default."""
+    return [e.experiment_id for e in client.search_experiments()]
 
 
 def end_sweep(info: SweepInfo | None = None, aborted: str | None = None,
