@@ -35,7 +35,8 @@ def flatten(node: object, prefix: str = "") -> dict[str, object]:
 
 
 def run_name(cfg: DictConfig, choices: dict[str, str], sweep: SweepInfo | None) -> str:
-    """`tracking.run_name`; in a sweep, what differs between its jobs; else the parts."""
+    """`tracking.run_name`; in a sweep, what differs between its jobs; else the parts
+    (and the algorithm, when it is not FedAvg)."""
     if cfg.tracking.run_name:
         return cfg.tracking.run_name
     hydra_cfg = HydraConfig.get()
@@ -44,6 +45,8 @@ def run_name(cfg: DictConfig, choices: dict[str, str], sweep: SweepInfo | None) 
         if named:
             return named
     name = "-".join(choices[g] for g in ("dataset", "model", "aggregator") if g in choices)
+    if choices.get("algorithm", "fedavg") != "fedavg":  # e.g. mnist-cnn-mean-centralized
+        name += f"-{choices['algorithm']}"
     if hydra_cfg.mode == RunMode.MULTIRUN:
         name += f"-{hydra_cfg.job.num}"
     return name
