@@ -69,7 +69,7 @@ def pooled_batches(pooled: tf.data.Dataset, data: FederatedData, spec: LoopSpec,
                    shuffle_buffer: int, round_num: int) -> tf.data.Dataset:
     """The centralised baseline's round: every training example, through the
     dataset's own batching, shuffled by the round's seed with a large buffer."""
-    return data.task.client_batches(pooled, spec.epochs, spec.batch_size, shuffle_buffer,
+    return data.task.pooled().client_batches(pooled, spec.epochs, spec.batch_size, shuffle_buffer,
                                     seed=int_seed(spec.seed, Stream.SHUFFLE, round_num))
 
 

@@ -205,3 +205,27 @@ def test_federated_evaluation_pools_and_spreads_per_client_scores():
     assert 0 < metrics["fed_eval/aggregated_bits"] < 5 * 32 * 32  # a few metric scalars
     with pytest.raises(ConfigError, match="fed_eval.clients=9: the dataset has only 8"):
         FederatedEvaluator(parts.model, parts.data.test_clients, 9, 7, 0)
+
+
+def test_centralized_text_is_not_capped_per_client(tmp_path):
+    """`dataset.max_sequences` caps what each client trains on; pooled, nothing is capped."""
+    from federated_research.loop import RunState, run_rounds
+    from tests.conftest import write_shakespeare_cache
+
+    write_shakespeare_cache(tmp_path)
+    parts = build_run_parts(compose_config([
+        "dataset=shakespeare", f"dataset.cache_dir={tmp_path}", "dataset.seq_length=5",
+        "dataset.max_sequences=1", "model=char_rnn_small", "algorithm=centralized",
+        "clients_per_round=1", "rounds=1"]))
+    logged = []
+
+    class Collect:
+        def log_metrics(self, metrics, step):
+            logged.append(dict(metrics))
+
+    run_rounds(parts.algorithm, RunState(parts.initial_state), parts.data, parts.spec,
+               parts.comm, lambda w: {}, Collect())
+    capped = parts.data.task.client_batches(
+        parts.data.train.create_tf_dataset_from_all_clients(), 1, 8, 10, seed=0)
+    assert sum(len(x) for x, _ in capped) == 1
+    assert logged[0]["train/num_examples"] > 20  # every piece of every role's text

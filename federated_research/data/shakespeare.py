@@ -87,6 +87,10 @@ class CharPrediction:
     def __init__(self, seq_length: int, max_sequences: int | None = None) -> None:
         self.seq_length, self.max_sequences = seq_length, max_sequences
 
+    def pooled(self) -> CharPrediction:
+        """The task for every client's data pooled (algorithm=centralized): no per-client cap."""
+        return CharPrediction(self.seq_length)
+
     def input_spec(self, input_shape: tuple[int, ...]) -> tuple[tf.TensorSpec, tf.TensorSpec]:
         del input_shape  # (seq_length,)
         spec = tf.TensorSpec([None, self.seq_length], tf.int64)

@@ -16,6 +16,10 @@ class ImageClassification:
     """EMNIST-shaped examples, OrderedDict(label=int32[], pixels=float32[28, 28]): one label
     per image, scored by plain accuracy."""
 
+    def pooled(self) -> ImageClassification:
+        """The task for every client's data pooled (algorithm=centralized)."""
+        return self
+
     def input_spec(self, input_shape: tuple[int, ...]) -> tuple[tf.TensorSpec, tf.TensorSpec]:
         return (tf.TensorSpec([None, *input_shape], tf.float32), tf.TensorSpec([None], tf.int32))
 
