@@ -97,28 +97,37 @@ def _save(summary, out: Path, title: str) -> list[Path]:
 
 
 def _log_to_mlflow(args, paths: list[Path], stats: dict, title: str) -> str:
-    import logging
-
     from mlflow import MlflowClient
 
-    for name in ("alembic", "mlflow"):  # store set-up chatter
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-    from federated_research.tracking.mlflow_sink import check_reachable, ensure_experiment
+    from federated_research.tracking.mlflow_sink import (
+        check_reachable,
+        ensure_experiment,
+        logging_preserved,
+    )
 
     check_reachable(args.mlflow_uri)
-    client = MlflowClient(args.mlflow_uri)
-    if args.mlflow_run:
-        run_id = client.get_run(args.mlflow_run).info.run_id
-    else:
-        experiment = ensure_experiment(client, args.mlflow_experiment, args.mlflow_uri)
-        run_id = client.create_run(experiment, run_name=f"explore-{title}",
-                                   tags={"dataset": title}).info.run_id
-        for key, value in stats.items():
-            client.log_metric(run_id, f"data/{key}", value)
-        client.set_terminated(run_id)
-    for path in paths:
-        client.log_artifact(run_id, str(path), "exploration")
+    with logging_preserved():  # no store set-up chatter
+        client = MlflowClient(args.mlflow_uri)
+        if args.mlflow_run:
+            from mlflow.exceptions import MlflowException
+
+            from federated_research.errors import ConfigError
+
+            try:
+                run_id = client.get_run(args.mlflow_run).info.run_id
+            except MlflowException:
+                raise ConfigError(f"--mlflow-run={args.mlflow_run}", f"no such run in "
+                                  f"{args.mlflow_uri}", "pass the id of a run in that store "
+                                  "(mlflow ui shows it), or --mlflow-uri") from None
+        else:
+            experiment = ensure_experiment(client, args.mlflow_experiment, args.mlflow_uri)
+            run_id = client.create_run(experiment, run_name=f"explore-{title}",
+                                       tags={"dataset": title}).info.run_id
+            for key, value in stats.items():
+                client.log_metric(run_id, f"data/{key}", value)
+            client.set_terminated(run_id)
+        for path in paths:
+            client.log_artifact(run_id, str(path), "exploration")
     return f"logged {len(paths)} figures to MLflow run {run_id} (exploration/)"
 
 

@@ -37,6 +37,7 @@ def test_script_writes_the_figures_and_logs_them_to_mlflow(tmp_path):
          "--mlflow-uri", uri], cwd=tmp_path, env=cli_env(None), capture_output=True, text=True,
         timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "alembic" not in done.stdout + done.stderr  # a new store, quietly
     for name in FIGURES:
         image = matplotlib.image.imread(tmp_path / "figs" / name)
         assert image.shape[0] > 200 and image.shape[1] > 400
