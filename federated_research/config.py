@@ -230,6 +230,14 @@ def validate(cfg: DictConfig) -> None:
                               f"pass optimizer@{node}={cfg[node]}")
         lr = cfg[node].learning_rate
         _check(lr > 0, f"{node}.learning_rate", lr, "must be positive", "0.1")
+        for key, example in (("momentum", "0.9"), ("beta_1", "0.9"), ("beta_2", "0.99")):
+            value = cfg[node].get(key)
+            _check(value is None or 0 <= value < 1, f"{node}.{key}", value,
+                   "must be in [0, 1)", example)
+        for key, example in (("epsilon", "0.001"), ("initial_preconditioner_value", "0.1")):
+            value = cfg[node].get(key)
+            _check(value is None or value > 0, f"{node}.{key}", value, "must be positive",
+                   example)
     if "bits" in cfg.aggregator:
         _check(1 <= cfg.aggregator.bits <= 16, "aggregator.bits", cfg.aggregator.bits,
                "TFF's quantiser takes 1 to 16 bits", "8")

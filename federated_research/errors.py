@@ -22,6 +22,10 @@ def one_line(exc: BaseException) -> str:
 
     if isinstance(exc, ConfigError):
         return str(exc)
+    from hydra.errors import InstantiationException
+
+    if isinstance(exc, InstantiationException):  # "Error in call to target X:\n<cause>"
+        return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
     if isinstance(exc, MissingConfigException):
         options = sorted(exc.options or [])
         group = (exc.missing_cfg_file or "").rsplit("/", 1)[0]

@@ -136,8 +136,12 @@ def test_unknown_option_lists_the_real_ones():
     ("client.update_clip_norm=0", "client.update_clip_norm=0.0"),
     ("client.gradient_clip_norm=-1", "client.gradient_clip_norm=-1.0"),
     ("server_optimizer=adam", "server_optimizer=adam"),  # the group is optimizer@server_optimizer
+    ("optimizer@server_optimizer=yogi server_optimizer.beta_1=1.5",
+     "server_optimizer.beta_1=1.5"),
+    ("optimizer@client_optimizer=adagrad client_optimizer.epsilon=0",
+     "client_optimizer.epsilon=0.0"),
 ])
 def test_out_of_range_values_are_rejected_naming_the_key(override, key):
     with pytest.raises(ConfigError) as err:
-        validate(compose_config([override]))
+        validate(compose_config(override.split()))
     assert str(err.value).startswith(f"{key}: ") and "Fix: " in str(err.value)
