@@ -36,7 +36,9 @@ def test_every_model_builds_with_the_published_size(option, tmp_path):
 @pytest.mark.parametrize(("option", "data", "problem"), [
     ("char_rnn", IMAGES, "takes sequences of character ids"),
     ("cnn", TEXT, "cannot take the dataset's inputs of shape (100,)"),
-    ("linear", ((28, 28, 1), 62), None),  # 62 EMNIST classes: fits
+    ("linear", ((28, 28, 1), 62), None),  # 62 EMNIST classes: every image model fits
+    ("mlp", ((28, 28, 1), 62), None),
+    ("cnn", ((28, 28, 1), 62), None),
 ])
 def test_a_model_that_does_not_fit_the_dataset_is_one_line(option, data, problem):
     from federated_research.errors import ConfigError
