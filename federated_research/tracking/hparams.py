@@ -27,6 +27,8 @@ KEYS = ("seed", "rounds", "clients_per_round", "client_optimizer.learning_rate",
 # The metrics the sweep's table shows: the answer's columns.
 METRICS = (("eval/accuracy", "final eval accuracy"), ("eval/loss", "final eval loss"),
            ("train/loss", "last round's train loss"),
+           ("fed_eval/accuracy", "final federated eval accuracy (fed_eval.every > 0)"),
+           ("fed_eval/client_accuracy_p10", "its 10th percentile over test clients"),
            ("comm/aggregated_bits_cumulative", "uplink bits, all rounds"),
            ("comm/broadcasted_bits_cumulative", "downlink bits, all rounds"),
            ("time/round_seconds", "last round's seconds"))
