@@ -53,8 +53,11 @@ def setup() -> None:
         _run(PY, "-m", "pip", "install", "--quiet", f"uv=={UV_VERSION}")
     env = {"VIRTUAL_ENV": str(VENV)}
     print("bootstrap: syncing .venv/ to requirements.lock", flush=True)
-    subprocess.run([str(UV), "pip", "sync", "--quiet", "--python", str(PY), str(LOCK)],
-                   check=True, cwd=ROOT, env={**os.environ, **env})
+    # Bytecode compiled once here: every run and test subprocess then imports TensorFlow
+    # and TFF from .pyc files, even where PYTHONDONTWRITEBYTECODE keeps Python from
+    # writing them (up-to-date files are skipped on later syncs).
+    subprocess.run([str(UV), "pip", "sync", "--quiet", "--compile-bytecode", "--python",
+                    str(PY), str(LOCK)], check=True, cwd=ROOT, env={**os.environ, **env})
     subprocess.run([str(UV), "pip", "install", "--quiet", "--python", str(PY), "--no-deps",
                     "-e", str(ROOT)], check=True, cwd=ROOT, env={**os.environ, **env})
 
