@@ -32,6 +32,11 @@ def _train(overrides: list[str], rounds: int = ROUNDS):
     return parts, process.get_model_weights(state), outputs
 
 
+class _Discard:
+    def log_metrics(self, metrics, step):
+        pass
+
+
 def _max_diff(a, b) -> float:
     return max(float(np.max(np.abs(x - y))) for x, y in zip(a.trainable, b.trainable, strict=True))
 
@@ -229,3 +234,22 @@ def test_centralized_text_is_not_capped_per_client(tmp_path):
         parts.data.train.create_tf_dataset_from_all_clients(), 1, 8, 10, seed=0)
     assert sum(len(x) for x, _ in capped) == 1
     assert logged[0]["train/num_examples"] > 20  # every piece of every role's text
+
+
+def test_centralized_keeps_what_training_updates_in_non_trainable_weights(tmp_path):
+    """A user's model with batch normalisation: its moving statistics train centrally."""
+    layers = tf.keras.layers
+    tf.keras.Sequential([layers.InputLayer(input_shape=(28, 28, 1)), layers.Flatten(),
+                         layers.BatchNormalization(), layers.Dense(10, activation="softmax")]
+                        ).save(tmp_path / "bn.keras")
+    from federated_research.loop import RunState, run_rounds
+
+    parts = build_run_parts(compose_config([*TINY, "model=keras_file", "rounds=1",
+                                            f"model.path={tmp_path / 'bn.keras'}",
+                                            "algorithm=centralized"]))
+    weights = run_rounds(parts.algorithm, RunState(parts.initial_state), parts.data,
+                         parts.spec, parts.comm, lambda w: {}, _Discard()).state
+    start = parts.algorithm.process.get_model_weights(parts.initial_state)
+    assert len(start.non_trainable) == 2  # moving mean and variance
+    assert all(float(np.max(np.abs(a - b))) > 1e-3
+               for a, b in zip(weights.non_trainable, start.non_trainable, strict=True))

@@ -57,8 +57,11 @@ class CentralizedProcess:
         trainable = [w - d.numpy() for w, d in zip(state.trainable, delta, strict=True)]
         if self._finalize is None:
             self._finalize = _finalizer(model, unfinalized)
+        # Unlike FedAvg's server, central training keeps what the forward passes updated
+        # in non-trainable variables (e.g. batch-norm statistics of a keras_file model).
+        non_trainable = [v.numpy() for v in ModelWeights.from_model(model).non_trainable]
         return tff.learning.templates.LearningProcessOutput(
-            ModelWeights(trainable, list(state.non_trainable)),
+            ModelWeights(trainable, non_trainable),
             {"client_work": {"train": self._finalize(unfinalized)}})
 
     @staticmethod
