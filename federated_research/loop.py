@@ -137,10 +137,14 @@ def run_rounds(algorithm: FederatedAlgorithm, run: RunState,
                    "comm/broadcasted_bits_cumulative": run.broadcasted_bits,
                    "comm/aggregated_bits_cumulative": run.aggregated_bits,
                    "time/round_seconds": seconds}
-        if spec.due(spec.eval_every, run.next_round):
-            metrics.update(evaluate(process.get_model_weights(run.state)))
-        if fed_evaluate is not None and spec.due(spec.fed_eval_every, run.next_round):
-            metrics.update(fed_evaluate(process.get_model_weights(run.state), round_num))
+        central = spec.due(spec.eval_every, run.next_round)
+        federated = fed_evaluate is not None and spec.due(spec.fed_eval_every, run.next_round)
+        if central or federated:  # the weights leave the TFF worker once for both
+            weights = process.get_model_weights(run.state)
+            if central:
+                metrics.update(evaluate(weights))
+            if federated:
+                metrics.update(fed_evaluate(weights, round_num))
         run.last.update(metrics)
         tracker.log_metrics(metrics, step=round_num)
     return run
