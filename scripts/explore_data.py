@@ -45,12 +45,13 @@ def main() -> int:
     args = parser.parse_args()
 
     from federated_research.errors import ConfigError, one_line
+    from federated_research.exploration import save_figures
 
     try:
         if args.clients < 1 or (args.max_clients is not None and args.max_clients < 1):
             raise ConfigError("--clients/--max-clients", "must be at least 1", "pass e.g. 6")
         summary, title = _summarize(args.overrides, args.max_clients, args.clients)
-        paths = _save(summary, args.out, title)
+        paths = save_figures(summary, args.out, title)
         stats = summary.describe()
         print(json.dumps(stats, indent=2))
         for path in paths:
@@ -58,13 +59,10 @@ def main() -> int:
         if args.mlflow_run or args.mlflow_experiment:
             print(_log_to_mlflow(args, paths, stats, title))
     except Exception as exc:  # one line for what the user typed, a trace for our bugs
-        from hydra.errors import HydraException
-        from omegaconf.errors import OmegaConfBaseException
-
-        from federated_research.train import _config_error_in
+        from federated_research.train import _config_error_in, _is_user_error
 
         error = _config_error_in(exc) or exc  # builders' errors arrive wrapped by Hydra
-        if not isinstance(error, ConfigError | HydraException | OmegaConfBaseException):
+        if not _is_user_error(error):
             raise
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
@@ -88,12 +86,6 @@ def _summarize(overrides: list[str], max_clients: int | None, clients: int):
     choice = next((o.split("=", 1)[1] for o in overrides if o.startswith("dataset=")), "mnist")
     title = choice + ("-62" if cfg.dataset.get("only_digits") is False else "")
     return summarize(data, max_clients, clients), title
-
-
-def _save(summary, out: Path, title: str) -> list[Path]:
-    from federated_research.exploration import save_figures
-
-    return save_figures(summary, out, title)
 
 
 def _log_to_mlflow(args, paths: list[Path], stats: dict, title: str) -> str:
