@@ -54,6 +54,6 @@ def build_run_parts(cfg: DictConfig) -> RunParts:
     comm = algorithm.round_comm()
     spec = LoopSpec(cfg.rounds, cfg.clients_per_round, cfg.eval_every, cfg.seed,
                     cfg.client.epochs, cfg.client.batch_size, cfg.client.shuffle_buffer,
-                    cfg.eval_initial, cfg.fed_eval.every)
+                    cfg.eval_initial, cfg.fed_eval.every, cfg.on_nonfinite == "stop")
     state = initial_state(algorithm.process, model, cfg.seed)
     return RunParts(data, model, algorithm, comm, spec, state)

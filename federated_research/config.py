@@ -132,6 +132,7 @@ class TrackingConfig:
     progress_bar: bool | None = None
     sweep_report: bool = True
     save_model: bool = True
+    delivery_timeout: float = 60.0
 
 
 @dataclass
@@ -168,6 +169,10 @@ class Config:
     eval_initial: bool = False
     eval_batch_size: int = 500
     log_update_error: bool = True
+    checkpoint_every: int = 10
+    checkpoint_keep: int = 3
+    on_nonfinite: str = "stop"
+    resume: str | None = None
 
 
 def register_schemas() -> None:
@@ -214,6 +219,14 @@ def validate(cfg: DictConfig) -> None:
            "must be 0 (off) or more", "5")
     _check(cfg.fed_eval.clients >= 1, "fed_eval.clients", cfg.fed_eval.clients,
            "must be at least 1", "20")
+    _check(cfg.checkpoint_every >= 0, "checkpoint_every", cfg.checkpoint_every,
+           "must be 0 (no checkpoints) or more", "10")
+    _check(cfg.checkpoint_keep >= 1, "checkpoint_keep", cfg.checkpoint_keep,
+           "must be at least 1", "3")
+    _check(cfg.on_nonfinite in ("stop", "continue"), "on_nonfinite", cfg.on_nonfinite,
+           "must be stop (end the run as FAILED) or continue", "stop")
+    _check(cfg.tracking.delivery_timeout >= 0, "tracking.delivery_timeout",
+           cfg.tracking.delivery_timeout, "must be 0 or more seconds", "60")
     _check(cfg.eval_batch_size >= 1, "eval_batch_size", cfg.eval_batch_size,
            "must be at least 1", "500")
     for key, example in (("epochs", 1), ("batch_size", 20), ("shuffle_buffer", 100)):

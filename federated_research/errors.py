@@ -2,13 +2,38 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class ConfigError(ValueError):
     """A value the run cannot use. `key` is what the user typed (`rounds=-1`)."""
 
+    exit_code = 2
+
     def __init__(self, key: str, problem: str, fix: str) -> None:
         self.key, self.problem, self.fix = key, problem, fix
         super().__init__(f"{key}: {problem}. Fix: {fix}")
+
+
+class DivergedError(ConfigError):
+    """Training diverged (a NaN or infinite loss); named after the key most likely to blame."""
+
+    exit_code = 1
+
+
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS,
+                 errno.ENOTDIR}
+
+
+def write_error(exc: BaseException) -> str | None:
+    """One line for a full disk or an output folder that cannot be written (else None)."""
+    if not isinstance(exc, OSError) or exc.errno not in _WRITE_ERRNOS:
+        return None
+    where = exc.filename or "the output folder"
+    fix = {errno.ENOSPC: "free space on that disk", errno.EDQUOT: "free space on that disk",
+           errno.ENOTDIR: "move the file that is in the way"}.get(exc.errno, "make it writable")
+    return (f"cannot write {where}: {exc.strerror}. Fix: {fix}, or pass "
+            "hydra.run.dir=<a writable folder>")
 
 
 def one_line(exc: BaseException) -> str:

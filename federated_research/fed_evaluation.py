@@ -18,7 +18,7 @@ import tensorflow_federated as tff
 
 from federated_research.aggregators.comm_bits import comm_cost
 from federated_research.errors import ConfigError
-from federated_research.loop import sample_clients
+from federated_research.loop import ClientExamples, sample_clients
 from federated_research.models import ModelSpec
 from federated_research.seeds import Stream
 
@@ -74,6 +74,7 @@ class FederatedEvaluator:
                               f"{len(self._client_ids)} test clients",
                               f"pass fed_eval.clients={len(self._client_ids)} or fewer")
         self._model, self._test, self._clients = model, test_clients, clients
+        self._examples = ClientExamples(test_clients, model.task)  # traced once per client
         self._batch_size, self._seed = batch_size, seed
         with tf.Graph().as_default():
             probe = model.tff_model_fn()
@@ -92,8 +93,7 @@ class FederatedEvaluator:
                  round_num: int) -> dict[str, float]:
         sampled = sample_clients(self._client_ids, self._clients, self._seed, round_num,
                                  stream=Stream.FED_EVAL)
-        datasets = [self._model.task.eval_batches(self._test.create_tf_dataset_for_client(c),
-                                                  self._batch_size) for c in sampled]
+        datasets = [self._examples(c).batch(self._batch_size) for c in sampled]
         state = self.process.set_model_weights(self._state, weights)
         output = self.process.next(state, datasets)
         current = output.metrics["client_work"]["eval"]["current_round_metrics"]

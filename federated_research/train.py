@@ -7,6 +7,7 @@ as one line (`error: <key>=<value>: <problem>. Fix: <what to type>`), exit 2.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -22,7 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from federated_research.config import register_schemas, validate
-from federated_research.errors import ConfigError, one_line
+from federated_research.errors import ConfigError, DivergedError, one_line, write_error
 
 log = logging.getLogger("federated_research")
 register_schemas()
@@ -38,16 +39,23 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from federated_research.tracking.mlflow_sink import check_reachable, mlflow_ui_hint
 
     check_reachable(cfg.tracking.mlflow_uri)
-    from federated_research.runtime import TffRuntime  # imports TensorFlow
-
-    logging.getLogger("absl").setLevel(logging.WARNING)  # TFF logs each model trace
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
+    from federated_research.resume import RunRecord, check_same_config
+
+    record = RunRecord.read(output_dir)  # a run started in this folder before: resume it
+    if record is not None:
+        check_same_config(record, cfg, output_dir)
+    from federated_research.runtime import TffRuntime  # imports TensorFlow
+
+    # TFF logs each model trace, TensorFlow each checkpoint's "Assets written to".
+    for noisy in ("absl", "tensorflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     # Start-up: from the process's start for its first job (imports included), from
     # the job's start for later jobs of the same process (a sweep's basic launcher).
     started = job_start if _process_ready else _process_start_time()
     with TffRuntime(output_dir / "tff_worker.log"):
-        run, name = _build_and_run(cfg, output_dir, started)
+        run, name = _build_and_run(cfg, output_dir, started, record)
     summary = {**run.last, "rounds": run.next_round,
                "mean_round_seconds": (sum(run.round_seconds) / len(run.round_seconds)
                                       if run.round_seconds else math.nan),
@@ -81,18 +89,23 @@ def _process_start_time() -> float:
     return psutil.Process().create_time()
 
 
-def _build_and_run(cfg: DictConfig, output_dir: Path, started: float):
-    """Build every part from the config, then run the rounds inside an MLflow run."""
+def _build_and_run(cfg: DictConfig, output_dir: Path, started: float, record):
+    """Build every part from the config, then run the rounds inside an MLflow run
+    (the run's own, reopened, when `record` says this folder's run is resumed)."""
     global _process_ready
     from federated_research.build import build_run_parts
+    from federated_research.checkpoint import Checkpoints
     from federated_research.evaluation import CentralEvaluator
-    from federated_research.loop import RunState, run_rounds
+    from federated_research.loop import Diverged, RunState, run_rounds
     from federated_research.models import save_keras
     from federated_research.models.keras_file import MODEL_FILE
+    from federated_research.signals import Terminated
     from federated_research.tracking.run import open_tracker
 
     parts = build_run_parts(cfg)
-    run = RunState(parts.initial_state)
+    checkpoints = Checkpoints(output_dir, cfg.checkpoint_every, cfg.checkpoint_keep, cfg.seed)
+    run = (checkpoints.resume(parts.initial_state, cfg.rounds) if record is not None
+           else RunState(parts.initial_state))
     evaluate = CentralEvaluator(parts.model, parts.data.test, cfg.eval_batch_size)
     fed_evaluate = None
     if cfg.fed_eval.every > 0:
@@ -103,12 +116,25 @@ def _build_and_run(cfg: DictConfig, output_dir: Path, started: float):
     weights = parts.algorithm.process.get_model_weights(parts.initial_state)
     comm = {**parts.comm.describe(), "model_parameters": int(sum(
         w.size for w in [*weights.trainable, *weights.non_trainable]))}
-    with open_tracker(cfg, output_dir, {"comm_bits.json": comm}) as tracker:
-        run.startup_seconds = time.time() - started
+    with open_tracker(cfg, output_dir, {"comm_bits.json": comm}, record,
+                      start_round=run.next_round) as tracker:
         _process_ready = True
-        tracker.log_metrics({"time/startup_seconds": run.startup_seconds}, step=0)
-        run = run_rounds(parts.algorithm, run, parts.data, parts.spec, parts.comm,
-                         evaluate, tracker, fed_evaluate)
+        if record is None:
+            run.startup_seconds = time.time() - started
+            tracker.log_metrics({"time/startup_seconds": run.startup_seconds}, step=0)
+        try:
+            run = run_rounds(parts.algorithm, run, parts.data, parts.spec, parts.comm,
+                             evaluate, tracker, fed_evaluate,
+                             functools.partial(checkpoints.save_if_due, rounds=cfg.rounds))
+        except (KeyboardInterrupt, Terminated) as exc:
+            exc.add_note(checkpoints.save_on_interrupt(run))
+            raise
+        except Diverged as exc:
+            lr = cfg.client_optimizer.learning_rate
+            raise DivergedError(
+                f"client_optimizer.learning_rate={lr}", f"training diverged: {exc}",
+                "lower the learning rate, clip local steps (client.gradient_clip_norm=1.0), "
+                "or pass on_nonfinite=continue to train on") from exc
         if cfg.tracking.save_model:
             path = output_dir / MODEL_FILE
             save_keras(parts.model, parts.algorithm.process.get_model_weights(run.state), path)
@@ -133,7 +159,7 @@ def hydra_main(cfg: DictConfig) -> float:
             log.error("job %d: error: %s", HydraConfig.get().job.num, user_error)
             raise user_error from None
         print(f"error: {user_error}", file=sys.stderr)  # exit here: Hydra would add a line
-        raise SystemExit(2) from None
+        raise SystemExit(user_error.exit_code) from None
 
 
 def _config_error_in(exc: BaseException | None) -> ConfigError | None:
@@ -161,7 +187,10 @@ def _end_open_sweep(aborted: str | None) -> None:
 
 
 def main() -> None:
+    from federated_research.resources import tune_malloc
     from federated_research.signals import Terminated, raise_on_sigterm
+
+    tune_malloc()  # before TensorFlow's threads: flat memory over long runs
 
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us, to print them in one line
     # TF's C++ INFO lines drown the progress bar and its import-time "Unable to
@@ -176,23 +205,31 @@ def main() -> None:
                             category=UserWarning)
     raise_on_sigterm()
     try:
+        from federated_research.resume import resume_argv
+
+        sys.argv[1:] = resume_argv(sys.argv[1:], Path.cwd())
         hydra_main()
     except (KeyboardInterrupt, Terminated) as exc:
         _end_open_sweep("KILLED")
-        print(f"interrupted ({str(exc) or 'Ctrl-C'}): the run is marked KILLED in MLflow",
-              file=sys.stderr)
+        saved = "".join(f"; {note}" for note in getattr(exc, "__notes__", []))
+        print(f"interrupted ({str(exc) or 'Ctrl-C'}): the run is marked KILLED in MLflow"
+              f"{saved}", file=sys.stderr)
         sys.exit(130)
     except BaseException as exc:
         _end_open_sweep("FAILED")  # a sweep that stopped early, reported with what finished
         if not isinstance(exc, Exception):
             raise
         cause = exc
-        while not _is_user_error(cause) and cause.__cause__ is not None:
+        while (not _is_user_error(cause) and write_error(cause) is None
+               and cause.__cause__ is not None):
             cause = cause.__cause__
+        if write_error(cause) is not None:
+            print(f"error: {write_error(cause)}", file=sys.stderr)
+            sys.exit(1)
         if not _is_user_error(cause):
             raise
         print(f"error: {one_line(cause)}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(getattr(cause, "exit_code", 2))
 
 
 if __name__ == "__main__":

@@ -231,6 +231,7 @@ def test_a_signal_marks_the_run_killed_and_stops_the_worker(tmp_path, mlflow_uri
         assert workers, "the run should have a TFF worker"
         proc.send_signal(sig)  # SIGINT is what Ctrl-C sends
         assert proc.wait(60) == 130, proc.stderr.read()[-2000:]
+        said = proc.stderr.read().strip().splitlines()[-1]
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -239,7 +240,17 @@ def test_a_signal_marks_the_run_killed_and_stops_the_worker(tmp_path, mlflow_uri
     assert {r.info.status for r in runs} == {"KILLED"}  # the job's run (and a sweep's parent)
     assert len(runs) == (2 if sweep else 1)
     job = next(r for r in runs if r.data.tags.get("run_type") != "sweep")
-    assert _history(client, job.info.run_id, "train/loss")  # what was logged is kept
+    logged = _history(client, job.info.run_id, "train/loss")  # what was logged is kept
+    assert logged
+    # It says what it saved (the last round it finished, whatever the checkpoint schedule;
+    # the signal may land after MLflow stored a round, before the round counted) and how
+    # to go on from there.
+    assert said.startswith("interrupted (") and said.endswith(
+        f"; resume with: python -m federated_research.train resume={tmp_path}/out"), said
+    done = int(said.split("the state after ")[1].split(" round")[0])
+    assert done in (len(logged) - 1, len(logged)) and done >= 1, said
+    assert f"is saved in {tmp_path}/out/checkpoints/round_{done};" in said
+    assert (tmp_path / "out" / "checkpoints" / f"round_{done}" / "state.npz").is_file()
     time.sleep(1)
     assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
 

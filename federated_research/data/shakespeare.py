@@ -120,21 +120,29 @@ class CharPrediction:
                 .map(pad))
 
     @staticmethod
-    def _split(batch):
-        return batch[:, :-1], batch[:, 1:]
+    def _split(piece):
+        return piece[:-1], piece[1:]
+
+    def examples(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
+        """(input, target) pairs, a piece shifted by one; every traced function of the
+        pipeline is here, built once per client (see preprocessing.py)."""
+        return self.sequences(dataset).map(self._split)
+
+    def batches(self, examples: tf.data.Dataset, epochs: int, batch_size: int,
+                shuffle_buffer: int, seed: int) -> tf.data.Dataset:
+        """The client's sequences, shuffled by `seed`; each epoch draws at most
+        `max_sequences` of them (all when None). Nothing here is traced."""
+        pieces = examples.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        if self.max_sequences is not None:
+            pieces = pieces.take(self.max_sequences)
+        return pieces.repeat(epochs).batch(batch_size)
 
     def client_batches(self, dataset: tf.data.Dataset, epochs: int, batch_size: int,
                        shuffle_buffer: int, seed: int) -> tf.data.Dataset:
-        """The client's sequences, shuffled by `seed`; each epoch draws at most
-        `max_sequences` of them (all when None)."""
-        pieces = self.sequences(dataset).shuffle(shuffle_buffer, seed=seed,
-                                                 reshuffle_each_iteration=True)
-        if self.max_sequences is not None:
-            pieces = pieces.take(self.max_sequences)
-        return pieces.repeat(epochs).batch(batch_size).map(self._split)
+        return self.batches(self.examples(dataset), epochs, batch_size, shuffle_buffer, seed)
 
     def eval_batches(self, dataset: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
-        return self.sequences(dataset).batch(batch_size).map(self._split)
+        return self.examples(dataset).batch(batch_size)
 
     def loss(self, from_logits: bool) -> tf.keras.losses.Loss:
         return MaskedSparseCategoricalCrossentropy(from_logits=from_logits)

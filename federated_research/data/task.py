@@ -23,12 +23,22 @@ class ImageClassification:
     def input_spec(self, input_shape: tuple[int, ...]) -> tuple[tf.TensorSpec, tf.TensorSpec]:
         return (tf.TensorSpec([None, *input_shape], tf.float32), tf.TensorSpec([None], tf.int32))
 
+    def examples(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
+        """A client's raw dataset as (x, y) examples: every traced function of the
+        pipeline is here, built once per client (see preprocessing.py)."""
+        return preprocessing.examples(dataset)
+
+    def batches(self, examples: tf.data.Dataset, epochs: int, batch_size: int,
+                shuffle_buffer: int, seed: int) -> tf.data.Dataset:
+        """A round's batches of `examples`: shuffle, repeat, batch; nothing traced."""
+        return preprocessing.batches(examples, epochs, batch_size, shuffle_buffer, seed)
+
     def client_batches(self, dataset: tf.data.Dataset, epochs: int, batch_size: int,
                        shuffle_buffer: int, seed: int) -> tf.data.Dataset:
-        return preprocessing.client_batches(dataset, epochs, batch_size, shuffle_buffer, seed)
+        return self.batches(self.examples(dataset), epochs, batch_size, shuffle_buffer, seed)
 
     def eval_batches(self, dataset: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
-        return preprocessing.eval_batches(dataset, batch_size)
+        return self.examples(dataset).batch(batch_size)
 
     def loss(self, from_logits: bool) -> tf.keras.losses.Loss:
         return tf.keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)

@@ -11,8 +11,9 @@ MIBIT = 2**20
 
 
 class ProgressBar:
-    def __init__(self, rounds: int, description: str = "rounds") -> None:
-        self._bar = tqdm(total=rounds, desc=description, unit="round", file=sys.stderr,
+    def __init__(self, rounds: int, description: str = "rounds", initial: int = 0) -> None:
+        self._bar = tqdm(total=rounds, initial=initial, desc=description, unit="round",
+                         file=sys.stderr,
                          dynamic_ncols=True, mininterval=0.5)
         self._shown: dict[str, str] = {}
 

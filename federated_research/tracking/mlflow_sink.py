@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
+import re
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
 from federated_research.errors import ConfigError
+from federated_research.tracking.journal import Entry, Logged, unlogged
+
+log = logging.getLogger(__name__)
 
 _URI_KEY = "tracking.mlflow_uri"
 
@@ -92,17 +99,47 @@ def ensure_experiment(client, name: str, uri: str) -> str:
 
 
 class MlflowSink:
-    """Creates the run at construction; `close` sets FINISHED, FAILED or KILLED."""
+    """One MLflow run: created (or, to resume, reopened) at construction; `close` sets
+    FINISHED, FAILED or KILLED.
+
+    Metrics are sent in order from a queue. When the store does not answer (a
+    server that went away), training goes on: the batches wait in the queue, a
+    retry is made at most every `retry_seconds`, and they are delivered when the
+    server is back. `close` waits up to `delivery_timeout` seconds for that; what
+    is still undelivered is then named, with the command that sends it from the
+    run's journal (tracking/journal.py).
+    """
 
     @logging_preserved()
     def __init__(self, uri: str, experiment: str, run_name: str, params: Mapping[str, object],
                  tags: Mapping[str, str], artifact_dirs: Mapping[str, Path] = (),
-                 artifact_dicts: Mapping[str, dict] = ()) -> None:
+                 artifact_dicts: Mapping[str, dict] = (), resume_run_id: str | None = None,
+                 journal: Sequence[Entry] = (),
+                 delivery_timeout: float = 60.0, sync_hint: str = "",
+                 retry_seconds: float = 10.0, reopen: bool = True) -> None:
         from mlflow import MlflowClient
         from mlflow.entities import Param, RunTag
 
         check_reachable(uri)
+        if urlparse(uri).scheme in ("http", "https"):  # fail fast, the queue retries
+            for name, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"),
+                                ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10"),
+                                ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")):
+                os.environ.setdefault(name, value)
+            # One line of ours says the server is gone; not urllib3's line per retry.
+            logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
         self.client = MlflowClient(tracking_uri=uri)
+        self.uri, self.delivery_timeout, self.sync_hint = uri, delivery_timeout, sync_hint
+        self.retry_seconds = retry_seconds
+        self._pending: deque[tuple[int, list]] = deque()  # (step, [Metric]) in order
+        self._retry_at = 0.0
+        self._down: str | None = None  # why the store stopped answering
+        self._logged: Logged = set()
+        run_tags = [RunTag(k, str(v)) for k, v in tags.items()]
+        if resume_run_id is not None:
+            self.run_id = resume_run_id
+            self._reopen(run_tags, journal, reopen)
+            return
         experiment_id = ensure_experiment(self.client, experiment, uri)
         run = self.client.create_run(experiment_id, run_name=run_name,
                                      tags={k: str(v) for k, v in tags.items()})
@@ -118,21 +155,124 @@ class MlflowSink:
         for name, content in dict(artifact_dicts).items():
             self.client.log_dict(self.run_id, content, name)
 
-    @logging_preserved()
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+    def _reopen(self, tags: list, journal: Sequence[Entry], reopen: bool) -> None:
+        """Queue what the journal has and the store lacks; set the run RUNNING again
+        (`reopen`, to resume it) with the tags of this launch and one more `resumes`."""
+        from mlflow.entities import RunTag
+
+        run = self.client.get_run(self.run_id)
+        if reopen:
+            self.client.update_run(self.run_id, status="RUNNING")
+            resumes = int(run.data.tags.get("resumes", "0")) + 1
+            self.client.log_batch(self.run_id, tags=[*tags, RunTag("resumes", str(resumes))])
+        for key in run.data.metrics:
+            self._logged.update((key, m.step) for m in self.client.get_metric_history(
+                self.run_id, key))
+        for step, metrics, logged_ms in journal:
+            self._queue(metrics, step, timestamp=logged_ms, remember=True)
+
+    def _queue(self, metrics: Mapping[str, float], step: int, timestamp: int | None,
+               remember: bool = False) -> None:
+        """Queue what the store lacks; `remember` what an earlier launch logged (this
+        launch logs each pair once, so its own need not be kept)."""
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=batch)
+        new = unlogged(metrics, step, self._logged)
+        if new:
+            now = timestamp or int(time.time() * 1000)
+            self._pending.append((step, [Metric(k, float(v), now, step) for k, v in new.items()]))
+            if remember:
+                self._logged.update((key, step) for key in new)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        self._queue(metrics, step, timestamp=None)
+        self._deliver()
+
+    @logging_preserved()
+    def _deliver(self, force: bool = False) -> bool:
+        """Send the queue in order; False (and a retry later) when the store does not answer."""
+        if self._down is not None and not force and time.monotonic() < self._retry_at:
+            return False
+        while self._pending:
+            step, batch = self._pending[0]
+            try:
+                for i in range(0, len(batch), 1000):  # MLflow's limit per batch
+                    self.client.log_batch(self.run_id, metrics=batch[i:i + 1000])
+            except Exception as err:  # noqa: BLE001 - sorted out by _unreachable
+                if not _unreachable(err):
+                    raise
+                if self._down is None:
+                    log.warning("MLflow at %s stopped answering at round %d (%s); training "
+                                "goes on, metrics are kept and sent when it is back",
+                                self.uri, step, _first_line(err))
+                self._down = _first_line(err)
+                self._retry_at = time.monotonic() + self.retry_seconds
+                return False
+            self._pending.popleft()
+        if self._down is not None:
+            log.warning("MLflow at %s is back: every queued metric is delivered", self.uri)
+            self._down = None
+        return True
+
+    def flush(self) -> bool:
+        """Try to deliver the queue now; whether it is empty."""
+        return self._deliver(force=True)
+
+    def undelivered(self) -> str:
+        """What the store has not received, e.g. '46 values of rounds 12-19'."""
+        steps = [step for step, _ in self._pending]
+        values = sum(len(batch) for _, batch in self._pending)
+        return f"{values} values of rounds {min(steps)}-{max(steps)}" if steps else ""
 
     @logging_preserved()
     def log_file(self, path, artifact_path: str) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        try:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+        except Exception as err:  # noqa: BLE001
+            if not _unreachable(err):
+                raise
+            log.warning("MLflow did not receive %s (%s); it is in the output folder",
+                        path, _first_line(err))
 
-    @logging_preserved()
     def close(self, status: str) -> None:
-        self.client.set_terminated(self.run_id, status)
+        deadline = time.monotonic() + self.delivery_timeout
+        if self._pending and self._down is not None:
+            log.warning("waiting up to %.0f s for MLflow at %s to deliver %s",
+                        self.delivery_timeout, self.uri, self.undelivered())
+        while not self._deliver(force=True) and time.monotonic() < deadline:
+            time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
+        try:
+            with logging_preserved():
+                self.client.set_terminated(self.run_id, status)
+        except Exception as err:  # noqa: BLE001
+            if not _unreachable(err):
+                raise
+            self._down = self._down or _first_line(err)
+        if self._down is not None:
+            missing = self.undelivered()
+            log.error("MLflow at %s did not receive %sthe run's end (%s): %s. Everything is in "
+                      "the run's metrics.jsonl; send it with: %s", self.uri,
+                      f"{missing} nor " if missing else "", status, self._down, self.sync_hint)
+
+
+def _unreachable(err: BaseException) -> bool:
+    """Whether an MLflow error means the store did not answer (retry later) rather than
+    that it refused the request (a bug or a deleted run: raise)."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(err, MlflowException):
+        return err.error_code not in {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST",
+                                      "PERMISSION_DENIED", "INVALID_STATE", "BAD_REQUEST"}
+    return isinstance(err, OSError | ConnectionError) or "requests" in type(err).__module__
+
+
+def _first_line(err: BaseException) -> str:
+    """The reason in a few words: 'Connection refused' rather than urllib3's paragraph."""
+    text = str(err).strip()
+    errno_reason = re.findall(r"\[Errno -?\d+\] ([^'\")]+)", text)
+    if errno_reason:
+        return errno_reason[-1].strip()
+    return text.splitlines()[0][:160] if text else type(err).__name__
 
 
 def mlflow_ui_hint(uri: str) -> str:

@@ -1,0 +1,229 @@
+"""Runs that survive, end to end: kill -9 and resume into the same MLflow run and
+TensorBoard curves, a tracking server that goes away and comes back, divergence, a
+full disk. Real processes, a real SQLite store and a real `mlflow server`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import portpicker
+import pytest
+import tensorflow as tf
+from mlflow import MlflowClient
+
+from federated_research.resume import RunRecord
+from federated_research.sync import sync
+from federated_research.tracking import Tracker
+from federated_research.tracking.journal import MetricJournal, read_journal
+from federated_research.tracking.mlflow_sink import MlflowSink
+from tests.conftest import cli_env
+from tests.test_train_cli import _runs, _tensorboard
+
+LINEAR = ["model=linear", "clients_per_round=3"]
+QUIET = "tracking.progress_bar=false"  # run_cli passes it; Popen runs need it
+NOT_REPRODUCIBLE = ("time/", "system/")
+
+
+def _start_server(tmp_path: Path, port: int) -> subprocess.Popen:
+    """A real `mlflow server` on `port` with its store in tmp_path (the same on a restart)."""
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
+         "--port", str(port), "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+         "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
+        cwd=tmp_path, env=cli_env(None), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            return server
+        except OSError:
+            assert server.poll() is None and time.monotonic() < deadline, "no mlflow server"
+            time.sleep(0.3)
+
+
+def _stop_server(server: subprocess.Popen) -> None:
+    if server.poll() is None:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+
+
+def _logged_steps(folder: Path) -> int:
+    """How many rounds a running job has logged (its journal), -1 for none."""
+    entries = read_journal(folder / "metrics.jsonl")[0] if folder.is_dir() else []
+    return max((step for step, m, _ in entries if "train/loss" in m), default=-1)
+
+
+def _history(client: MlflowClient, run_id: str, key: str) -> dict[int, float]:
+    values = client.get_metric_history(run_id, key)
+    steps = [m.step for m in values]
+    assert len(steps) == len(set(steps)), f"{key}: a step logged twice: {sorted(steps)}"
+    return {m.step: m.value for m in values}
+
+
+def _weights(folder: Path) -> list[np.ndarray]:
+    return tf.keras.models.load_model(folder / "model.keras", compile=False).get_weights()
+
+
+def test_kill_9_then_resume_equals_a_run_that_never_stopped(tmp_path, mlflow_uri, run_cli):
+    """A stochastic compressor, checkpoints every 4 rounds, killed after its second."""
+    common = [*LINEAR, "aggregator=drive", "rounds=30", "eval_every=1", "checkpoint_every=4"]
+    whole = run_cli(*common, f"hydra.run.dir={tmp_path}/whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "federated_research.train", *common, QUIET,
+                             f"hydra.run.dir={killed}"], cwd=tmp_path, env=cli_env(mlflow_uri),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while not (killed / "checkpoints" / "round_8").is_dir():
+            assert proc.poll() is None and time.monotonic() < deadline, "no second checkpoint"
+            time.sleep(0.05)
+    finally:
+        proc.kill()  # SIGKILL: nothing of ours runs
+        proc.wait()
+    client, runs = _runs(mlflow_uri)
+    by_dir = {r.data.tags["output_dir"]: r for r in runs}
+    assert by_dir[str(killed)].info.status == "RUNNING"  # what a kill -9 leaves
+    assert _logged_steps(killed) < 29
+
+    resumed = run_cli(f"resume={by_dir[str(killed)].info.run_id}")  # by MLflow run id
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stdout and "(checkpoint round_" in resumed.stdout
+
+    client, runs = _runs(mlflow_uri)
+    assert len(runs) == 2  # the same run went on: no new one
+    by_dir = {r.data.tags["output_dir"]: r for r in runs}
+    again, reference = by_dir[str(killed)], by_dir[str(tmp_path / "whole")]
+    assert again.info.status == "FINISHED" and again.data.tags["resumes"] == "1"
+    keys = [k for k in reference.data.metrics if not k.startswith(NOT_REPRODUCIBLE)]
+    assert {"train/loss", "eval/accuracy", "comm/update_mse",
+            "comm/aggregated_bits_cumulative"} <= set(keys)
+    for key in keys:  # every round once, the same values as the run that never stopped
+        want = _history(client, reference.info.run_id, key)
+        assert _history(client, again.info.run_id, key) == want, key
+    board, want = _tensorboard(killed / "tensorboard"), _tensorboard(tmp_path / "whole" /
+                                                                     "tensorboard")
+    for tag in keys:
+        assert board[tag] == want[tag], tag
+    for a, b in zip(_weights(killed), _weights(tmp_path / "whole"), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    changed = run_cli(f"resume={killed}", "client_optimizer.learning_rate=0.5")
+    assert changed.returncode == 2
+    assert changed.stderr.strip().splitlines() == [
+        f"error: client_optimizer.learning_rate=0.5: the run in {killed} was trained with "
+        f"client_optimizer.learning_rate=0.05; resuming must train the same rounds. Fix: pass "
+        f"client_optimizer.learning_rate=0.05 (or just resume={killed}), or start a new run "
+        "in another output folder"]
+
+
+def test_a_tracking_server_that_goes_away_and_comes_back_misses_nothing(tmp_path):
+    port = portpicker.pick_unused_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = _start_server(tmp_path, port)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "federated_research.train", *LINEAR, QUIET,
+                             "rounds=40", "checkpoint_every=0", f"hydra.run.dir={out}"],
+                            cwd=tmp_path, env=cli_env(uri), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while _logged_steps(out) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, "no round logged"
+            time.sleep(0.1)
+        _stop_server(server)
+        down_at = _logged_steps(out)
+        while _logged_steps(out) < down_at + 3 and proc.poll() is None:
+            time.sleep(0.1)  # training goes on without the server
+        server = _start_server(tmp_path, port)
+        output = proc.communicate(timeout=240)[0]
+        assert proc.returncode == 0, output[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _stop_server(server)
+        server = _start_server(tmp_path, port)
+    try:
+        print(output)  # the evidence, with -s
+        assert "stopped answering at round" in output and "is back" in output, output[-3000:]
+        client, runs = _runs(uri)
+        assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+        for key in ("train/loss", "comm/aggregated_bits", "time/round_seconds"):
+            assert sorted(_history(client, runs[0].info.run_id, key)) == list(range(40)), key
+    finally:
+        _stop_server(server)
+
+
+def test_what_a_gone_server_missed_is_named_and_synced_later(tmp_path, caplog, monkeypatch):
+    # Hydra apps run in-process earlier in the session may have disabled our loggers.
+    monkeypatch.setattr(logging.getLogger("federated_research.tracking.mlflow_sink"),
+                        "disabled", False)
+    port = portpicker.pick_unused_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = _start_server(tmp_path, port)
+    try:
+        sink = MlflowSink(uri, "sync", "run", {}, {}, delivery_timeout=0, retry_seconds=0,
+                          sync_hint=f"python -m federated_research.sync {tmp_path}")
+        RunRecord(uri, sink.run_id, "sync", [], {}).write(tmp_path)
+        with Tracker([MetricJournal(tmp_path), sink]) as tracker:
+            tracker.log_metrics({"train/loss": 1.0, "comm/aggregated_bits": 8}, step=0)
+            _stop_server(server)
+            for step in (1, 2):
+                tracker.log_metrics({"train/loss": 1.0 / (step + 1)}, step=step)
+        assert ("did not receive 2 values of rounds 1-2 nor the run's end (FINISHED)"
+                in caplog.text)
+        assert f"send it with: python -m federated_research.sync {tmp_path}" in caplog.text
+        server = _start_server(tmp_path, port)
+        assert sync(tmp_path) == (f"sent 2 values of rounds 1-2 to MLflow run {sink.run_id} at "
+                                  f"{uri}; run status FINISHED")
+        client = MlflowClient(uri)
+        assert client.get_run(sink.run_id).info.status == "FINISHED"
+        assert _history(client, sink.run_id, "train/loss") == {0: 1.0, 1: 0.5, 2: 1 / 3}
+        assert sync(tmp_path).startswith("sent nothing")  # twice: nothing again
+    finally:
+        _stop_server(server)
+
+
+@pytest.mark.parametrize(("overrides", "says"), [
+    (["client_optimizer.learning_rate=1e38"], "train/num_examples=0 (every client's update"),
+    (["client_optimizer.learning_rate=1e38", "algorithm=custom_fedavg"], "train/loss=nan")],
+    ids=["tff-fedavg", "custom-fedavg"])
+def test_a_diverging_run_stops_failed_in_one_line(tmp_path, mlflow_uri, run_cli, overrides,
+                                                  says):
+    done = run_cli(*LINEAR, "rounds=5", *overrides)
+    assert done.returncode == 1
+    line, = done.stderr.strip().splitlines()
+    assert line.startswith("error: client_optimizer.learning_rate=1e+38: training diverged: ")
+    assert says in line and "at round 0" in line and "on_nonfinite=continue" in line
+    client, runs = _runs(mlflow_uri)
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert list(_history(client, runs[0].info.run_id, "train/loss")) == [0]  # logged, then out
+    if "custom" in overrides[-1]:
+        kept = run_cli(*LINEAR, "rounds=2", "on_nonfinite=continue", *overrides)
+        assert kept.returncode == 0, kept.stderr[-2000:]
+
+
+@pytest.mark.parametrize("case", ["file-in-the-way", "disk-full"])
+def test_an_output_folder_that_cannot_be_written_fails_in_one_line(tmp_path, run_cli, case):
+    if case == "file-in-the-way":
+        (tmp_path / "afile").touch()
+        out, says = tmp_path / "afile" / "out", "Not a directory. Fix: move the file"
+    else:  # /dev/full: every write fails as on a full disk
+        out, says = tmp_path / "full", "No space left on device. Fix: free space on that disk"
+        (out / ".hydra").mkdir(parents=True)
+        (out / ".hydra" / "config.yaml").symlink_to("/dev/full")
+    done = run_cli(f"hydra.run.dir={out}")
+    assert done.returncode == 1
+    line, = done.stderr.strip().splitlines()
+    assert line.startswith("error: cannot write ") and says in line
+    assert "hydra.run.dir=<a writable folder>" in line
