@@ -5,12 +5,9 @@ full disk. Real processes, a real SQLite store and a real `mlflow server`."""
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -24,36 +21,12 @@ from federated_research.sync import sync
 from federated_research.tracking import Tracker
 from federated_research.tracking.journal import MetricJournal, read_journal
 from federated_research.tracking.mlflow_sink import MlflowSink
-from tests.conftest import cli_env
-from tests.test_train_cli import _runs, _tensorboard
+from tests.conftest import cli_env, start_mlflow_server, stop_mlflow_server
+from tests.test_train_cli import LINEAR_BITS, _runs, _tensorboard
 
 LINEAR = ["model=linear", "clients_per_round=3"]
 QUIET = "tracking.progress_bar=false"  # run_cli passes it; Popen runs need it
 NOT_REPRODUCIBLE = ("time/", "system/")
-
-
-def _start_server(tmp_path: Path, port: int) -> subprocess.Popen:
-    """A real `mlflow server` on `port` with its store in tmp_path (the same on a restart)."""
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
-         "--port", str(port), "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
-        cwd=tmp_path, env=cli_env(None), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-            return server
-        except OSError:
-            assert server.poll() is None and time.monotonic() < deadline, "no mlflow server"
-            time.sleep(0.3)
-
-
-def _stop_server(server: subprocess.Popen) -> None:
-    if server.poll() is None:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(30)
 
 
 def _logged_steps(folder: Path) -> int:
@@ -130,7 +103,7 @@ def test_kill_9_then_resume_equals_a_run_that_never_stopped(tmp_path, mlflow_uri
 def test_a_tracking_server_that_goes_away_and_comes_back_misses_nothing(tmp_path):
     port = portpicker.pick_unused_port()
     uri = f"http://127.0.0.1:{port}"
-    server = _start_server(tmp_path, port)
+    server = start_mlflow_server(tmp_path, port)
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "federated_research.train", *LINEAR, QUIET,
                              "rounds=40", "checkpoint_every=0", f"hydra.run.dir={out}"],
@@ -141,27 +114,31 @@ def test_a_tracking_server_that_goes_away_and_comes_back_misses_nothing(tmp_path
         while _logged_steps(out) < 2:
             assert proc.poll() is None and time.monotonic() < deadline, "no round logged"
             time.sleep(0.1)
-        _stop_server(server)
+        stop_mlflow_server(server)
         down_at = _logged_steps(out)
         while _logged_steps(out) < down_at + 3 and proc.poll() is None:
             time.sleep(0.1)  # training goes on without the server
-        server = _start_server(tmp_path, port)
+        server = start_mlflow_server(tmp_path, port)
         output = proc.communicate(timeout=240)[0]
         assert proc.returncode == 0, output[-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()
-        _stop_server(server)
-        server = _start_server(tmp_path, port)
+        stop_mlflow_server(server)
+        server = start_mlflow_server(tmp_path, port)
     try:
         print(output)  # the evidence, with -s
         assert "stopped answering at round" in output and "is back" in output, output[-3000:]
         client, runs = _runs(uri)
         assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+        run_id = runs[0].info.run_id
         for key in ("train/loss", "comm/aggregated_bits", "time/round_seconds"):
-            assert sorted(_history(client, runs[0].info.run_id, key)) == list(range(40)), key
+            assert sorted(_history(client, run_id, key)) == list(range(40)), key
+        assert _history(client, run_id, "comm/broadcasted_bits")[0] == 3 * LINEAR_BITS
+        assert {a.path for a in client.list_artifacts(run_id)} >= {
+            ".hydra", "comm_bits.json", "model"}  # the model, sent after the server came back
     finally:
-        _stop_server(server)
+        stop_mlflow_server(server)
 
 
 def test_what_a_gone_server_missed_is_named_and_synced_later(tmp_path, caplog, monkeypatch):
@@ -170,20 +147,20 @@ def test_what_a_gone_server_missed_is_named_and_synced_later(tmp_path, caplog, m
                         "disabled", False)
     port = portpicker.pick_unused_port()
     uri = f"http://127.0.0.1:{port}"
-    server = _start_server(tmp_path, port)
+    server = start_mlflow_server(tmp_path, port)
     try:
         sink = MlflowSink(uri, "sync", "run", {}, {}, delivery_timeout=0, retry_seconds=0,
                           sync_hint=f"python -m federated_research.sync {tmp_path}")
         RunRecord(uri, sink.run_id, "sync", [], {}).write(tmp_path)
         with Tracker([MetricJournal(tmp_path), sink]) as tracker:
             tracker.log_metrics({"train/loss": 1.0, "comm/aggregated_bits": 8}, step=0)
-            _stop_server(server)
+            stop_mlflow_server(server)
             for step in (1, 2):
                 tracker.log_metrics({"train/loss": 1.0 / (step + 1)}, step=step)
         assert ("did not receive 2 values of rounds 1-2 nor the run's end (FINISHED)"
                 in caplog.text)
         assert f"send it with: python -m federated_research.sync {tmp_path}" in caplog.text
-        server = _start_server(tmp_path, port)
+        server = start_mlflow_server(tmp_path, port)
         assert sync(tmp_path) == (f"sent 2 values of rounds 1-2 to MLflow run {sink.run_id} at "
                                   f"{uri}; run status FINISHED")
         client = MlflowClient(uri)
@@ -191,7 +168,7 @@ def test_what_a_gone_server_missed_is_named_and_synced_later(tmp_path, caplog, m
         assert _history(client, sink.run_id, "train/loss") == {0: 1.0, 1: 0.5, 2: 1 / 3}
         assert sync(tmp_path).startswith("sent nothing")  # twice: nothing again
     finally:
-        _stop_server(server)
+        stop_mlflow_server(server)
 
 
 @pytest.mark.parametrize(("overrides", "says"), [

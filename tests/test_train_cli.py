@@ -268,39 +268,3 @@ def test_same_seed_same_metrics_other_seed_other_metrics(tmp_path, mlflow_uri, r
         assert first == again  # mean, compression, drive: each reproduces its seed
         assert first["train/loss"] != other["train/loss"]
     assert results[0]["train/loss"] != results[3]["train/loss"] != results[6]["train/loss"]
-
-
-def test_logs_to_a_real_mlflow_server(tmp_path, run_cli):
-    port = portpicker.pick_unused_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
-         "--port", str(port), "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
-        cwd=tmp_path, env=cli_env(None), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        import urllib.request
-
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "mlflow server did not start"
-                time.sleep(0.5)
-        done = run_cli("model=linear", "rounds=1", "clients_per_round=2", env=cli_env(uri))
-        assert done.returncode == 0, done.stderr[-3000:]
-        client, runs = _runs(uri)
-        assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-        assert _history(client, runs[0].info.run_id, "comm/broadcasted_bits") == {
-            0: 2 * LINEAR_BITS}
-        assert {a.path for a in client.list_artifacts(runs[0].info.run_id)} >= {
-            ".hydra", "comm_bits.json"}
-    finally:
-        import os
-
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(30)
-
