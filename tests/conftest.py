@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -186,6 +188,7 @@ def start_mlflow_server(tmp_path: Path, port: int) -> subprocess.Popen:
     while True:
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            server.port = port
             return server
         except OSError:
             assert server.poll() is None and time.monotonic() < deadline, "no mlflow server"
@@ -193,6 +196,20 @@ def start_mlflow_server(tmp_path: Path, port: int) -> subprocess.Popen:
 
 
 def stop_mlflow_server(server: subprocess.Popen) -> None:
+    """Stop the server and wait until its port refuses connections: `mlflow server`
+    exits before its uvicorn worker has finished shutting down."""
     if server.poll() is None:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(30)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=1):
+                pass
+        except OSError:
+            return
+        if time.monotonic() > deadline - 20:  # still serving after 10 s: no more grace
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGKILL)
+        assert time.monotonic() < deadline, "the mlflow server does not stop"
+        time.sleep(0.2)
