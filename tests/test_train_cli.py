@@ -256,7 +256,7 @@ def test_a_signal_marks_the_run_killed_and_stops_the_worker(tmp_path, mlflow_uri
 
 
 def test_same_seed_same_metrics_other_seed_other_metrics(tmp_path, mlflow_uri, run_cli):
-    done = run_cli("aggregator=mean,compression,drive", "seed=7,7,8", "model=cnn", "rounds=2",
+    done = run_cli("aggregator=mean,compression,drive", "seed=7,7,8", "model=linear", "rounds=2",
                    "clients_per_round=3", "eval_every=1", f"hydra.sweep.dir={tmp_path}/sweep",
                    "hydra.sweep.subdir=${hydra.job.num}", multirun=True)
     assert done.returncode == 0, done.stderr[-3000:]
