@@ -128,7 +128,7 @@ class Checkpoints:
         if rounds < done:
             raise ConfigError(f"rounds={rounds}", f"the run already did {done} rounds",
                               f"pass rounds={done} or more (or resume without rounds=)")
-        run = self.load(initial_state)
+        run = self.load(initial_state, done)
         log.info("resuming %s: %d of %d rounds done (checkpoint %s)", where, done, rounds,
                  self.path(done).name)
         return run
@@ -159,9 +159,10 @@ class Checkpoints:
         versions = asyncio.run(self.manager.get_versions())
         return max(versions) if versions else None
 
-    def load(self, template_state: object) -> RunState:
-        """The newest checkpoint as a RunState, its process state packed like `template_state`."""
-        version = self.latest()
+    def load(self, template_state: object, version: int | None = None) -> RunState:
+        """Checkpoint `version` (the newest by default) as a RunState, its process state
+        packed like `template_state`."""
+        version = self.latest() if version is None else version
         if version is None:
             raise FileNotFoundError(f"no checkpoint in {self.root}")
         template = [np.asarray(leaf) for leaf in tf.nest.flatten(template_state)]

@@ -29,19 +29,25 @@ ARENAS = ("MALLOC_ARENA_MAX", "2", -8)  # (variable, value, mallopt parameter)
 MMAP_THRESHOLD = ("MALLOC_MMAP_THRESHOLD_", str(128 * 1024), -3)
 
 
-def tune_malloc() -> dict[str, str]:
+def _setting(name: str, value: str) -> str:
+    return os.environ.get(name, value)
+
+
+def tune_malloc() -> None:
     """Apply the settings above to this process (call before TensorFlow starts its
-    threads) and return the environment that applies the arena cap to a child
-    process (TFF's worker reads it at start)."""
-    env = {name: os.environ.get(name, value) for name, value, _ in (ARENAS, MMAP_THRESHOLD)}
+    threads)."""
     if sys.platform.startswith("linux"):
         try:
             mallopt = ctypes.CDLL(None).mallopt
-            for name, _, parameter in (ARENAS, MMAP_THRESHOLD):
-                mallopt(parameter, int(env[name]))
+            for name, value, parameter in (ARENAS, MMAP_THRESHOLD):
+                mallopt(parameter, int(_setting(name, value)))
         except (AttributeError, OSError, ValueError):  # not glibc: nothing to set
             pass
-    return {ARENAS[0]: env[ARENAS[0]]}
+
+
+def worker_malloc_env() -> dict[str, str]:
+    """The environment that caps a child process's arenas (TFF's worker reads it at start)."""
+    return {ARENAS[0]: _setting(ARENAS[0], ARENAS[1])}
 
 
 def rss_metrics() -> dict[str, float]:

@@ -79,13 +79,13 @@ class WorkerService:
                                "reinstall tensorflow-federated (scripts/bootstrap.py setup)")
         port = portpicker.pick_unused_port()
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        from federated_research.resources import tune_malloc
+        from federated_research.resources import worker_malloc_env
 
         try:
             self.process = subprocess.Popen(
                 [str(WORKER_BINARY), f"--port={port}", "--max_concurrent_computation_calls=-1"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env={**os.environ, **tune_malloc()},  # flat memory (resources.py)
+                env={**os.environ, **worker_malloc_env()},  # flat memory (resources.py)
                 start_new_session=True,  # a terminal Ctrl-C reaches us; we stop the worker
                 preexec_fn=_die_with_parent)
         finally:
