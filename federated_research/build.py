@@ -2,40 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import hydra
 from omegaconf import DictConfig
 
-from federated_research.aggregators.comm_bits import RoundComm
-from federated_research.algorithms import FederatedAlgorithm
-from federated_research.data.federated_data import FederatedData
+from federated_research.aggregators import build_aggregator, with_update_error
+from federated_research.algorithms import initial_state
+from federated_research.clipping import clip_gradients, clip_updates
+from federated_research.config import validate
+from federated_research.data import build_dataset
+from federated_research.distributors import build_distributor
 from federated_research.errors import ConfigError
-from federated_research.loop import LoopSpec
-from federated_research.models import ModelSpec
-
-
-@dataclass(frozen=True)
-class RunParts:
-    """What the round loop needs, built once per run."""
-
-    data: FederatedData
-    model: ModelSpec
-    algorithm: FederatedAlgorithm
-    comm: RoundComm
-    spec: LoopSpec
-    initial_state: object
+from federated_research.loop import LoopSpec, RunParts
+from federated_research.models import build_model
 
 
 def build_run_parts(cfg: DictConfig) -> RunParts:
     """Data, model, learning process (uplink aggregator, downlink distributor), bits."""
-    from federated_research.aggregators import build_aggregator, with_update_error
-    from federated_research.algorithms import initial_state
-    from federated_research.clipping import clip_gradients, clip_updates
-    from federated_research.data import build_dataset
-    from federated_research.distributors import build_distributor
-    from federated_research.models import build_model
-
+    validate(cfg)  # the same checks as the command line's, for scripts and tests too
     data = build_dataset(cfg.dataset, cfg.seed)
     if cfg.clients_per_round > data.num_clients:
         raise ConfigError(f"clients_per_round={cfg.clients_per_round}",
@@ -52,8 +35,11 @@ def build_run_parts(cfg: DictConfig) -> RunParts:
                                         cfg.client.gradient_clip_norm),
         server_optimizer=hydra.utils.instantiate(cfg.server_optimizer))
     comm = algorithm.round_comm()
-    spec = LoopSpec(cfg.rounds, cfg.clients_per_round, cfg.eval_every, cfg.seed,
-                    cfg.client.epochs, cfg.client.batch_size, cfg.client.shuffle_buffer,
-                    cfg.eval_initial, cfg.fed_eval.every, cfg.on_nonfinite == "stop")
+    spec = LoopSpec(rounds=cfg.rounds, clients_per_round=cfg.clients_per_round,
+                    eval_every=cfg.eval_every, seed=cfg.seed, epochs=cfg.client.epochs,
+                    batch_size=cfg.client.batch_size, shuffle_buffer=cfg.client.shuffle_buffer,
+                    eval_initial=cfg.eval_initial, fed_eval_every=cfg.fed_eval.every,
+                    stop_on_nonfinite=cfg.on_nonfinite == "stop")
     state = initial_state(algorithm.process, model, cfg.seed)
-    return RunParts(data, model, algorithm, comm, spec, state)
+    return RunParts(data=data, model=model, algorithm=algorithm, comm=comm, spec=spec,
+                    initial_state=state)

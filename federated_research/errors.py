@@ -36,6 +36,41 @@ def write_error(exc: BaseException) -> str | None:
             "hydra.run.dir=<a writable folder>")
 
 
+def config_error_in(exc: BaseException | None) -> ConfigError | None:
+    """The ConfigError behind `exc` (hydra.utils.instantiate wraps what builders raise)."""
+    while exc is not None and not isinstance(exc, ConfigError):
+        exc = exc.__cause__ or exc.__context__
+    return exc
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    return isinstance(exc, ConfigError | HydraException | OmegaConfBaseException)
+
+
+def exit_for(exc: BaseException) -> tuple[str, int] | None:
+    """What the user sees for an exception: (one line, exit code), or None for a bug.
+
+    A mistake in what the user typed (a ConfigError anywhere behind `exc`, or
+    Hydra's and OmegaConf's own composition errors) exits 2 (1 for a diverged
+    run); a disk that is full or a folder that cannot be written exits 1. Any
+    other exception is ours: the caller lets its traceback through.
+    """
+    found = config_error_in(exc)
+    if found is not None:
+        return f"error: {found}", found.exit_code
+    cause: BaseException | None = exc
+    while cause is not None:
+        if write_error(cause) is not None:
+            return f"error: {write_error(cause)}", 1
+        if _is_user_error(cause):
+            return f"error: {one_line(cause)}", getattr(cause, "exit_code", 2)
+        cause = cause.__cause__
+    return None
+
+
 def one_line(exc: BaseException) -> str:
     """Turn a Hydra/OmegaConf composition error into one readable line.
 

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from federated_research.aggregators.comm_bits import comm_cost
+from federated_research.comm_bits import comm_cost
 from federated_research.errors import ConfigError
 from federated_research.loop import ClientExamples, sample_clients
 from federated_research.models import ModelSpec

@@ -10,15 +10,16 @@ from dataclasses import dataclass, field
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from federated_research.aggregators.comm_bits import RoundComm
 from federated_research.algorithms import FederatedAlgorithm
+from federated_research.comm_bits import RoundComm
 from federated_research.data.federated_data import FederatedData
+from federated_research.models import ModelSpec
 from federated_research.resources import rss_metrics
 from federated_research.seeds import Stream, int_seed, rng
 from federated_research.tracking import Tracker
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LoopSpec:
     """What the loop needs from the config, validated before the loop starts."""
 
@@ -58,6 +59,14 @@ class RunState:
     round_seconds: list[float] = field(default_factory=list)
     last: dict[str, float] = field(default_factory=dict)
     startup_seconds: float = float("nan")
+
+    def advance(self, state: object, metrics: dict[str, float], seconds: float) -> None:
+        """The round whose metrics these are is logged: it counts (and may be saved)."""
+        self.state, self.next_round = state, self.next_round + 1
+        self.broadcasted_bits = metrics["comm/broadcasted_bits_cumulative"]
+        self.aggregated_bits = metrics["comm/aggregated_bits_cumulative"]
+        self.round_seconds.append(seconds)
+        self.last.update(metrics)
 
 
 def sample_clients(client_ids: list[str], k: int, seed: int, round_num: int,
@@ -119,91 +128,145 @@ def reported_errors(metrics) -> dict[str, float]:
     return found
 
 
-def divergence(metrics: dict[str, float], clients: int) -> list[str]:
+# A cross-entropy this many times that of guessing uniformly (ln of the number of
+# classes: 2.3 for digits, 4.5 for Shakespeare's 90 ids) means the model puts a
+# probability of e^-230 (digits) on the right answers on average: diverged, even
+# though the number is finite. Healthy runs start near 1x (an untrained model
+# guesses) and fall; docs/explanation/divergence.md has the measurements.
+LOSS_LIMIT_OVER_CHANCE = 100
+
+
+def loss_limit(num_classes: int) -> float:
+    """The loss above which a run counts as diverged (see LOSS_LIMIT_OVER_CHANCE)."""
+    return LOSS_LIMIT_OVER_CHANCE * math.log(max(2, num_classes))
+
+
+def divergence(metrics: dict[str, float], clients: int,
+               limit: float = math.inf) -> list[str]:
     """Signs that a round diverged, e.g. ['train/loss=nan'].
 
-    A NaN or infinite loss; or, from TFF's own algorithms, which zero a client's
-    update when it is not finite and drop its metrics, a round of sampled
-    clients that counted no training example.
+    A NaN or infinite loss, or one above `limit` (a divergence that stays finite,
+    e.g. a learning rate of 1e9); or, from TFF's own algorithms, which zero a
+    client's update when it is not finite and drop its metrics, a round of
+    sampled clients that counted no training example.
     """
     signs = [f"{key}={value}" for key, value in metrics.items()
              if key.endswith("/loss") and not math.isfinite(value)]
+    signs += [f"{key}={value:.4g} (over {limit:.0f}, {LOSS_LIMIT_OVER_CHANCE}x the loss of a "
+              "uniform guess)" for key, value in metrics.items()
+              if key.endswith("/loss") and math.isfinite(value) and value > limit]
     if clients and metrics.get("train/num_examples") == 0:
         signs.append("train/num_examples=0 (every client's update was NaN or infinite, "
                      "and TFF dropped them all)")
     return signs
 
 
-def run_rounds(algorithm: FederatedAlgorithm, run: RunState,
-               data: FederatedData, spec: LoopSpec, comm: RoundComm,
-               evaluate: Callable[[tff.learning.models.ModelWeights], dict[str, float]],
-               tracker: Tracker,
-               fed_evaluate: Callable[[tff.learning.models.ModelWeights, int],
-                                      dict[str, float]] | None = None,
-               save: Callable[[RunState], object] | None = None) -> RunState:
-    """Train from `run.next_round` to `spec.rounds`, logging every round at step = round.
+@dataclass(frozen=True, kw_only=True)
+class RunParts:
+    """What the round loop needs, built once per run (build.py)."""
 
-    `evaluate` (centralised) runs every `spec.eval_every` rounds, `fed_evaluate`
-    (federated, given the round) every `spec.fed_eval_every` rounds; `save(run)`
-    after every round (the checkpoints decide whether it is due).
-    """
-    process = algorithm.process
+    data: FederatedData
+    model: ModelSpec
+    algorithm: FederatedAlgorithm
+    comm: RoundComm
+    spec: LoopSpec
+    initial_state: object
+
+
+Weights = tff.learning.models.ModelWeights
+
+
+@dataclass(frozen=True)
+class Evaluations:
+    """The evaluations of a run: `central(weights)` every `spec.eval_every` rounds and
+    `federated(weights, round)` every `spec.fed_eval_every` rounds (None: never)."""
+
+    central: Callable[[Weights], dict[str, float]]
+    federated: Callable[[Weights, int], dict[str, float]] | None = None
+
+    def after_round(self, process, state, spec: LoopSpec, round_num: int) -> dict[str, float]:
+        """The metrics of the evaluations due after `round_num`; the weights leave the
+        TFF worker once for both."""
+        central = spec.due(spec.eval_every, round_num + 1)
+        federated = self.federated is not None and spec.due(spec.fed_eval_every, round_num + 1)
+        if not (central or federated):
+            return {}
+        weights = process.get_model_weights(state)
+        metrics = self.central(weights) if central else {}
+        if federated:
+            metrics.update(self.federated(weights, round_num))
+        return metrics
+
+    def initial(self, process, state, spec: LoopSpec) -> dict[str, float]:
+        """Both evaluations of the starting model (a run of 0 rounds)."""
+        weights = process.get_model_weights(state)
+        metrics = self.central(weights)
+        if self.federated is not None and spec.fed_eval_every > 0:
+            metrics.update(self.federated(weights, 0))
+        return metrics
+
+
+def round_inputs(parts: RunParts) -> Callable[[int], tuple[list[str], object]]:
+    """round -> (its sampled clients, what `process.next` trains on)."""
+    data, spec, algorithm = parts.data, parts.spec, parts.algorithm
+    if algorithm.pooled_shuffle_buffer is not None:  # the centralised baseline
+        pooled = data.task.pooled().examples(
+            data.train.create_tf_dataset_from_all_clients(seed=spec.seed))
+        return lambda round_num: ([], pooled_batches(
+            pooled, data, spec, algorithm.pooled_shuffle_buffer, round_num))
     client_ids = list(data.train.client_ids)
-    pooled = (None if algorithm.pooled_shuffle_buffer is None  # the centralised baseline
-              else data.task.pooled().examples(
-                  data.train.create_tf_dataset_from_all_clients(seed=spec.seed)))
     examples = ClientExamples(data.train, data.task)
+
+    def clients(round_num: int) -> tuple[list[str], list]:
+        sampled = sample_clients(client_ids, spec.clients_per_round, spec.seed, round_num)
+        return sampled, client_datasets(data, sampled, spec, round_num, examples)
+
+    return clients
+
+
+def round_metrics(output, comm: RoundComm, run: RunState, clients: int,
+                  seconds: float) -> dict[str, float]:
+    """A round's training metrics, bits (and their running totals), errors, time, memory."""
+    train = output.metrics["client_work"]["train"]
+    bits = comm.round_metrics(clients)
+    return {**{f"train/{key}": float(value) for key, value in train.items()},
+            **bits,
+            **reported_errors(output.metrics),
+            "comm/broadcasted_bits_cumulative": run.broadcasted_bits
+            + bits["comm/broadcasted_bits"],
+            "comm/aggregated_bits_cumulative": run.aggregated_bits + bits["comm/aggregated_bits"],
+            "time/round_seconds": seconds,
+            **rss_metrics()}
+
+
+def run_rounds(parts: RunParts, run: RunState, evaluations: Evaluations, tracker: Tracker,
+               save: Callable[[RunState], object] | None = None) -> RunState:
+    """Train from `run.next_round` to `parts.spec.rounds`, logging every round at step = round.
+
+    `save(run)` runs after every round (the checkpoints decide whether it is due).
+    """
+    process, spec = parts.algorithm.process, parts.spec
     if spec.rounds == 0:  # nothing to train: report the initial model
-        weights = process.get_model_weights(run.state)
-        run.last = evaluate(weights)
-        if fed_evaluate is not None and spec.fed_eval_every > 0:
-            run.last.update(fed_evaluate(weights, 0))
+        run.last = evaluations.initial(process, run.state, spec)
         tracker.log_metrics(run.last, step=0)
         return run
     if spec.eval_initial and run.next_round == 0:  # e.g. a pre-trained model before fine-tuning
-        initial = evaluate(process.get_model_weights(run.state))
+        initial = evaluations.central(process.get_model_weights(run.state))
         tracker.log_metrics({k.replace("eval/", "eval_initial/", 1): v
                              for k, v in initial.items()}, step=0)
+    inputs, limit = round_inputs(parts), loss_limit(parts.data.num_classes)
     for round_num in range(run.next_round, spec.rounds):
         start = time.perf_counter()
-        if pooled is None:
-            sampled = sample_clients(client_ids, spec.clients_per_round, spec.seed, round_num)
-            output = process.next(run.state, client_datasets(data, sampled, spec, round_num,
-                                                             examples))
-        else:
-            sampled = []
-            output = process.next(run.state, pooled_batches(
-                pooled, data, spec, algorithm.pooled_shuffle_buffer, round_num))
+        sampled, round_data = inputs(round_num)
+        output = process.next(run.state, round_data)
         seconds = time.perf_counter() - start
-
-        train = output.metrics["client_work"]["train"]
-        bits = comm.round_metrics(len(sampled))
-        broadcasted = run.broadcasted_bits + bits["comm/broadcasted_bits"]
-        aggregated = run.aggregated_bits + bits["comm/aggregated_bits"]
-        metrics = {**{f"train/{key}": float(value) for key, value in train.items()},
-                   **bits,
-                   **reported_errors(output.metrics),
-                   "comm/broadcasted_bits_cumulative": broadcasted,
-                   "comm/aggregated_bits_cumulative": aggregated,
-                   "time/round_seconds": seconds,
-                   **rss_metrics()}
-        central = spec.due(spec.eval_every, round_num + 1)
-        federated = fed_evaluate is not None and spec.due(spec.fed_eval_every, round_num + 1)
-        if central or federated:  # the weights leave the TFF worker once for both
-            weights = process.get_model_weights(output.state)
-            if central:
-                metrics.update(evaluate(weights))
-            if federated:
-                metrics.update(fed_evaluate(weights, round_num))
+        metrics = round_metrics(output, parts.comm, run, len(sampled), seconds)
+        metrics.update(evaluations.after_round(process, output.state, spec, round_num))
         tracker.log_metrics(metrics, step=round_num)
-        bad = divergence(metrics, len(sampled))
+        bad = divergence(metrics, len(sampled), limit)
         if bad and spec.stop_on_nonfinite:
             raise Diverged(f"{', '.join(bad)} at round {round_num}")
-        # The round is logged: only now does it count (and get saved).
-        run.state, run.next_round = output.state, round_num + 1
-        run.broadcasted_bits, run.aggregated_bits = broadcasted, aggregated
-        run.round_seconds.append(seconds)
-        run.last.update(metrics)
+        run.advance(output.state, metrics, seconds)  # logged: only now does the round count
         if save is not None:
             save(run)
     return run

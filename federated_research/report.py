@@ -33,7 +33,14 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from federated_research.tracking.sweep import key_label, value_text
+from federated_research.tracking.mlflow_sink import logging_preserved
+from federated_research.tracking.sweep import (
+    PARENT_TAG,
+    SweepInfo,
+    all_experiments,
+    key_label,
+    value_text,
+)
 
 GROUPS = ("dataset", "model", "aggregator", "distributor", "algorithm", "client_optimizer",
           "server_optimizer")
@@ -124,9 +131,6 @@ def load_runs(uri: str, experiment: str | None = None, parent: str | None = None
     sweep of `experiment`) or of an experiment; returns them and the parent's id."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow import MlflowClient
-
-    from federated_research.tracking.mlflow_sink import logging_preserved
-    from federated_research.tracking.sweep import PARENT_TAG, all_experiments
 
     with logging_preserved():
         client = MlflowClient(tracking_uri=uri)
@@ -327,7 +331,7 @@ def _curve(runs: list[Run], x_of) -> tuple[list[float], list[float], list[float]
 
 
 def plot(rows: list[dict], settings: dict, out_dir: Path, title: str) -> list[Path]:
-    """accuracy_vs_round.png, rate_accuracy.png, pareto.png in `out_dir`."""
+    """accuracy_vs_round.png, rate_accuracy.png, pareto.png (and evaluation.png) in `out_dir`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -337,7 +341,18 @@ def plot(rows: list[dict], settings: dict, out_dir: Path, title: str) -> list[Pa
     configs, labels = settings["configs"], settings["labels"]
     by_label = {labels[k]: runs for k, runs in configs.items()}
     colors = {row["config"]: plt.cm.tab10(i % 10) for i, row in enumerate(rows)}
-    paths = []
+    figures = {"accuracy_vs_round.png": _plot_accuracy_by_round(rows, settings, by_label,
+                                                                colors, title),
+               "rate_accuracy.png": _plot_rate_accuracy(rows, settings, by_label, colors, title),
+               "pareto.png": _plot_pareto(rows, colors, title)}
+    paths = [_save(fig, out_dir / name) for name, fig in figures.items()]
+    if any(r.fed_eval.get("accuracy") for runs in by_label.values() for r in runs):
+        paths.append(_plot_evaluations(rows, by_label, colors, out_dir, title))
+    return paths
+
+
+def _plot_accuracy_by_round(rows, settings, by_label, colors, title: str):
+    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
     for row in rows:
@@ -355,7 +370,11 @@ def plot(rows: list[dict], settings: dict, out_dir: Path, title: str) -> list[Pa
     ax.set_title(f"{title}: accuracy by round")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    paths.append(_save(fig, out_dir / "accuracy_vs_round.png"))
+    return fig
+
+
+def _plot_rate_accuracy(rows, settings, by_label, colors, title: str):
+    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
     for row in rows:
@@ -372,16 +391,26 @@ def plot(rows: list[dict], settings: dict, out_dir: Path, title: str) -> list[Pa
     ax.set_title(f"{title}: rate-accuracy")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, ncol=2)
-    paths.append(_save(fig, out_dir / "rate_accuracy.png"))
+    return fig
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    points = [(r["up_bits"], r["accuracy"], r) for r in rows
-              if r["up_bits"] and r["accuracy"] is not None]
+
+def _pareto_front(points: list[tuple]) -> list[tuple[float, float]]:
+    """The (bits, accuracy) points no other point beats with fewer bits."""
     front, best = [], -1.0
     for bits, acc, _row in sorted(points, key=lambda p: (p[0], -p[1])):
         if acc > best:
             front.append((bits, acc))
             best = acc
+    return front
+
+
+def _plot_pareto(rows, colors, title: str):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    points = [(r["up_bits"], r["accuracy"], r) for r in rows
+              if r["up_bits"] and r["accuracy"] is not None]
+    front = _pareto_front(points)
     labelled: list[tuple[float, float]] = []
     for bits, acc, row in points:
         on_front = (bits, acc) in front
@@ -402,10 +431,7 @@ def plot(rows: list[dict], settings: dict, out_dir: Path, title: str) -> list[Pa
     ax.set_ylabel("final eval accuracy (mean +- sd over seeds)")
     ax.set_title(f"{title}: bits vs accuracy")
     ax.grid(alpha=0.3, which="both")
-    paths.append(_save(fig, out_dir / "pareto.png"))
-    if any(r.fed_eval.get("accuracy") for runs in by_label.values() for r in runs):
-        paths.append(_plot_evaluations(rows, by_label, colors, out_dir, title))
-    return paths
+    return fig
 
 
 def _plot_evaluations(rows, by_label, colors, out_dir: Path, title: str) -> Path:
@@ -467,8 +493,6 @@ def log_to_parent(uri: str, parent: str, out_dir: Path, table: str) -> None:
     """The report as artifacts of the parent run, and its table as the run's description."""
     from mlflow import MlflowClient
 
-    from federated_research.tracking.mlflow_sink import logging_preserved
-
     with logging_preserved():
         client = MlflowClient(tracking_uri=uri)
         client.log_artifacts(parent, str(out_dir), "report")
@@ -487,6 +511,11 @@ def publish(uri: str, parent: str, rows: list[dict], settings: dict,
     written = write_report(rows, settings, out_dir, title=title)
     log_to_parent(uri, parent, out_dir, markdown(rows, settings))
     return written
+
+
+def report_sweep(info: SweepInfo) -> None:
+    """The report of a finished sweep, on its parent run and in `<sweep dir>/report/`."""
+    report_parent(info.uri, info.parent_run_id, Path(info.folder) / "report")
 
 
 def report_parent(uri: str, parent: str, out_dir: Path, target: float | None = None,

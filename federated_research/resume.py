@@ -19,9 +19,11 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from federated_research.errors import ConfigError
+from federated_research.flat import flat_config
+from federated_research.tracking.mlflow_sink import check_reachable, logging_preserved
 
 RUN_FILE = "run.json"
 # Keys a resumed run may change: none of them changes the rounds it trains.
@@ -57,14 +59,6 @@ class RunRecord:
         except (ValueError, TypeError) as err:
             raise ConfigError(f"resume={output_dir}", f"{path} is not a run record ({err})",
                               "start a fresh run in a new output folder") from None
-
-
-def flat_config(cfg: DictConfig) -> dict[str, object]:
-    """The resolved config as {'client.epochs': 1, ...}, JSON-normalised."""
-    from federated_research.tracking.run import flatten
-
-    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    return json.loads(json.dumps(flatten(resolved), default=str))
 
 
 def check_same_config(record: RunRecord, cfg: DictConfig, folder: Path) -> None:
@@ -130,8 +124,6 @@ def find_run_folder(value: str, argv: list[str], cwd: Path) -> Path:
 def _folder_of_mlflow_run(run_id: str, uri: str) -> Path:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
-
-    from federated_research.tracking.mlflow_sink import check_reachable, logging_preserved
 
     check_reachable(uri)
     try:

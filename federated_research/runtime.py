@@ -39,6 +39,8 @@ from tensorflow_federated.python.core.impl.executors import (
 )
 from tensorflow_federated.python.core.impl.types import placements
 
+from federated_research.resources import worker_malloc_env
+
 WORKER_BINARY = Path(tff.__file__).parent / "data" / "worker_binary"
 _GRPC_OPTIONS = [("grpc.max_message_length", 2_000_000_000),
                  ("grpc.max_receive_message_length", 2_000_000_000),
@@ -79,7 +81,6 @@ class WorkerService:
                                "reinstall tensorflow-federated (scripts/bootstrap.py setup)")
         port = portpicker.pick_unused_port()
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        from federated_research.resources import worker_malloc_env
 
         try:
             self.process = subprocess.Popen(

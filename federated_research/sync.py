@@ -15,22 +15,22 @@ import sys
 from pathlib import Path
 
 from federated_research.errors import ConfigError
+from federated_research.resume import RunRecord
+from federated_research.tracking.journal import JOURNAL_FILE, read_journal
+from federated_research.tracking.mlflow_sink import Delivery, MlflowRun, MlflowSink
 
 
 def sync(folder: Path) -> str:
     """Deliver the journal of the run in `folder`; returns what was done, in one line."""
-    from federated_research.resume import RunRecord
-    from federated_research.tracking.journal import JOURNAL_FILE, read_journal
-    from federated_research.tracking.mlflow_sink import MlflowSink
-
     record = RunRecord.read(folder)
     if record is None:
         raise ConfigError(str(folder), "no run.json here, so no run of this program",
                           "pass the output folder the run printed")
     entries, status = read_journal(folder / JOURNAL_FILE)
-    sink = MlflowSink(record.mlflow_uri, record.experiment, "", {}, {},
-                      resume_run_id=record.run_id, journal=entries, delivery_timeout=0,
-                      sync_hint=f"python -m federated_research.sync {folder}", reopen=False)
+    sink = MlflowSink(record.mlflow_uri,
+                      MlflowRun(record.experiment, resume_run_id=record.run_id, journal=entries,
+                                reopen=False),
+                      Delivery(timeout=0, sync_hint=f"python -m federated_research.sync {folder}"))
     queued = sink.undelivered() or "nothing"
     if status:
         sink.close(status)

@@ -18,6 +18,7 @@ from federated_research.data.shakespeare import BOS, CHAR_VOCAB, decode, encode
 from federated_research.errors import ConfigError
 from federated_research.models import outputs_logits
 from federated_research.models.keras_file import MODEL_FILE, load, rebuild
+from federated_research.tracking.mlflow_sink import check_reachable, logging_preserved
 
 
 def load_run_model(run: str, mlflow_uri: str) -> tf.keras.Model:
@@ -27,8 +28,6 @@ def load_run_model(run: str, mlflow_uri: str) -> tf.keras.Model:
         return load(run, key="--run")
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
-
-    from federated_research.tracking.mlflow_sink import check_reachable, logging_preserved
 
     check_reachable(mlflow_uri)
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # one small file: no bar

@@ -11,10 +11,8 @@ import functools
 import json
 import logging
 import math
-import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import hydra
@@ -22,14 +20,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from federated_research.config import register_schemas, validate
-from federated_research.errors import ConfigError, DivergedError, one_line, write_error
+from federated_research.config import CONF_DIR, register_schemas, validate
+from federated_research.errors import DivergedError, config_error_in, exit_for
+from federated_research.process import StartupClock, prepare_process
+from federated_research.resume import RunRecord, check_same_config, resume_argv
+from federated_research.signals import Terminated
 
 log = logging.getLogger("federated_research")
 register_schemas()
-
-
-_process_ready = False  # True once a job of this process got as far as its first round
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -41,8 +39,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_reachable(cfg.tracking.mlflow_uri)
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
-    from federated_research.resume import RunRecord, check_same_config
-
     record = RunRecord.read(output_dir)  # a run started in this folder before: resume it
     if record is not None:
         check_same_config(record, cfg, output_dir)
@@ -53,7 +49,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Start-up: from the process's start for its first job (imports included), from
     # the job's start for later jobs of the same process (a sweep's basic launcher).
-    started = job_start if _process_ready else _process_start_time()
+    started = StartupClock.started(job_start)
     with TffRuntime(output_dir / "tff_worker.log"):
         run, name = _build_and_run(cfg, output_dir, started, record)
     summary = {**run.last, "rounds": run.next_round,
@@ -83,48 +79,41 @@ def _bits(bits: float) -> str:
     return f"{bits:.0f} bit"
 
 
-def _process_start_time() -> float:
-    import psutil
-
-    return psutil.Process().create_time()
-
-
 def _build_and_run(cfg: DictConfig, output_dir: Path, started: float, record):
     """Build every part from the config, then run the rounds inside an MLflow run
     (the run's own, reopened, when `record` says this folder's run is resumed)."""
-    global _process_ready
     from federated_research.build import build_run_parts
     from federated_research.checkpoint import Checkpoints
     from federated_research.evaluation import CentralEvaluator
-    from federated_research.loop import Diverged, RunState, run_rounds
+    from federated_research.loop import Diverged, Evaluations, RunState, run_rounds
     from federated_research.models import save_keras
     from federated_research.models.keras_file import MODEL_FILE
-    from federated_research.signals import Terminated
     from federated_research.tracking.run import open_tracker
 
     parts = build_run_parts(cfg)
-    checkpoints = Checkpoints(output_dir, cfg.checkpoint_every, cfg.checkpoint_keep, cfg.seed)
+    checkpoints = Checkpoints(output_dir, every=cfg.checkpoint_every, keep=cfg.checkpoint_keep,
+                              seed=cfg.seed)
     run = (checkpoints.resume(parts.initial_state, cfg.rounds) if record is not None
            else RunState(parts.initial_state))
-    evaluate = CentralEvaluator(parts.model, parts.data.test, cfg.eval_batch_size)
+    evaluate = CentralEvaluator(parts.model, parts.data.test, batch_size=cfg.eval_batch_size)
     fed_evaluate = None
     if cfg.fed_eval.every > 0:
         from federated_research.fed_evaluation import FederatedEvaluator
 
         fed_evaluate = FederatedEvaluator(parts.model, parts.data.test_clients,
-                                          cfg.fed_eval.clients, cfg.eval_batch_size, cfg.seed)
+                                          clients=cfg.fed_eval.clients,
+                                          batch_size=cfg.eval_batch_size, seed=cfg.seed)
     weights = parts.algorithm.process.get_model_weights(parts.initial_state)
     comm = {**parts.comm.describe(), "model_parameters": int(sum(
         w.size for w in [*weights.trainable, *weights.non_trainable]))}
     with open_tracker(cfg, output_dir, {"comm_bits.json": comm}, record,
                       start_round=run.next_round) as tracker:
-        _process_ready = True
+        StartupClock.ready()
         if record is None:
             run.startup_seconds = time.time() - started
             tracker.log_metrics({"time/startup_seconds": run.startup_seconds}, step=0)
         try:
-            run = run_rounds(parts.algorithm, run, parts.data, parts.spec, parts.comm,
-                             evaluate, tracker, fed_evaluate,
+            run = run_rounds(parts, run, Evaluations(evaluate, fed_evaluate), tracker,
                              functools.partial(checkpoints.save_if_due, rounds=cfg.rounds))
         except (KeyboardInterrupt, Terminated) as exc:
             exc.add_note(checkpoints.save_on_interrupt(run))
@@ -142,71 +131,39 @@ def _build_and_run(cfg: DictConfig, output_dir: Path, started: float, record):
         return run, tracker.run_name
 
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-
-
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def hydra_main(cfg: DictConfig) -> float:
     """Hydra's entry; returns the final eval accuracy (for sweepers that optimise it)."""
     try:
         return train(cfg).get("eval/accuracy", math.nan)
     except Exception as exc:
-        user_error = _config_error_in(exc)
-        if user_error is None:
+        answer = exit_for(exc)
+        if answer is None:  # our bug: its traceback
             raise
+        line, code = answer
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             # The other jobs go on; the sweep ends with this error (see main).
-            log.error("job %d: error: %s", HydraConfig.get().job.num, user_error)
-            raise user_error from None
-        print(f"error: {user_error}", file=sys.stderr)  # exit here: Hydra would add a line
-        raise SystemExit(user_error.exit_code) from None
-
-
-def _config_error_in(exc: BaseException | None) -> ConfigError | None:
-    """The ConfigError behind `exc` (hydra.utils.instantiate wraps what builders raise)."""
-    while exc is not None and not isinstance(exc, ConfigError):
-        exc = exc.__cause__ or exc.__context__
-    return exc
-
-
-def _is_user_error(exc: BaseException) -> bool:
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    return isinstance(exc, ConfigError | HydraException | OmegaConfBaseException)
+            log.error("job %d: %s", HydraConfig.get().job.num, line)
+            raise (config_error_in(exc) or exc) from None
+        print(line, file=sys.stderr)  # exit here: Hydra would add a line of its own
+        raise SystemExit(code) from None
 
 
 def _end_open_sweep(aborted: str | None) -> None:
     """Close the parent run of a sweep that did not reach its end (no-op otherwise)."""
+    from federated_research.report import report_sweep
     from federated_research.tracking.sweep import end_sweep
 
     try:
-        end_sweep(aborted=aborted, report=aborted != "KILLED")
+        end_sweep(aborted=aborted, report=None if aborted == "KILLED" else report_sweep)
     except Exception:  # noqa: BLE001 - the original error matters more
         log.exception("could not close the sweep's parent run")
 
 
 def main() -> None:
-    from federated_research.resources import tune_malloc
-    from federated_research.signals import Terminated, raise_on_sigterm
-
-    tune_malloc()  # before TensorFlow's threads: flat memory over long runs
-
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us, to print them in one line
-    # TF's C++ INFO lines drown the progress bar and its import-time "Unable to
-    # register cuDNN factory" lines (CPU build) read like errors; set it to see them.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    # google.rpc (via TFF) imports pkg_resources, which warns on every run; the
-    # setuptools pin that keeps TensorBoard's CLI working keeps the module, not the noise.
-    quiet = "ignore:pkg_resources is deprecated:UserWarning"
-    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"),
-                                                          quiet]))  # sweep workers too
-    warnings.filterwarnings("ignore", message="pkg_resources is deprecated",
-                            category=UserWarning)
-    raise_on_sigterm()
+    """The command line: set the process up, resume if asked, run, and exit with one line."""
+    prepare_process()
     try:
-        from federated_research.resume import resume_argv
-
         sys.argv[1:] = resume_argv(sys.argv[1:], Path.cwd())
         hydra_main()
     except (KeyboardInterrupt, Terminated) as exc:
@@ -215,21 +172,13 @@ def main() -> None:
         print(f"interrupted ({str(exc) or 'Ctrl-C'}): the run is marked KILLED in MLflow"
               f"{saved}", file=sys.stderr)
         sys.exit(130)
-    except BaseException as exc:
+    except Exception as exc:
         _end_open_sweep("FAILED")  # a sweep that stopped early, reported with what finished
-        if not isinstance(exc, Exception):
+        answer = exit_for(exc)
+        if answer is None:  # our bug: its traceback
             raise
-        cause = exc
-        while (not _is_user_error(cause) and write_error(cause) is None
-               and cause.__cause__ is not None):
-            cause = cause.__cause__
-        if write_error(cause) is not None:
-            print(f"error: {write_error(cause)}", file=sys.stderr)
-            sys.exit(1)
-        if not _is_user_error(cause):
-            raise
-        print(f"error: {one_line(cause)}", file=sys.stderr)
-        sys.exit(getattr(cause, "exit_code", 2))
+        print(answer[0], file=sys.stderr)
+        sys.exit(answer[1])
 
 
 if __name__ == "__main__":

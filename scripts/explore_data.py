@@ -44,7 +44,7 @@ def main() -> int:
         help="tracking store (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
     args = parser.parse_args()
 
-    from federated_research.errors import ConfigError, one_line
+    from federated_research.errors import ConfigError
     from federated_research.exploration import save_figures
 
     try:
@@ -59,12 +59,12 @@ def main() -> int:
         if args.mlflow_run or args.mlflow_experiment:
             print(_log_to_mlflow(args, paths, stats, title))
     except Exception as exc:  # one line for what the user typed, a trace for our bugs
-        from federated_research.train import _config_error_in, _is_user_error
+        from federated_research.errors import exit_for
 
-        error = _config_error_in(exc) or exc  # builders' errors arrive wrapped by Hydra
-        if not _is_user_error(error):
+        answer = exit_for(exc)  # builders' errors arrive wrapped by Hydra
+        if answer is None:
             raise
-        print(f"error: {one_line(error)}", file=sys.stderr)
+        print(answer[0], file=sys.stderr)
         return 2
     return 0
 

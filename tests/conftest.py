@@ -31,6 +31,17 @@ register_schemas()
 runtime.install_default_context(runtime.WorkerService())
 
 
+def pytest_collection_modifyitems(config, items):
+    """The long tests first (a CLI run, a sweep, a server: marked `slow`, or using
+    `run_cli`), each group in its file order: parallel workers (pytest-xdist, see
+    setup.cfg) then start on them and finish together, rather than one worker
+    picking up a minute-long test at the end."""
+    for item in items:
+        if "run_cli" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def compose_config(overrides: list[str] | None = None, hydra_config: bool = False):
     """The config `python -m federated_research.train <overrides>` would run."""
     GlobalHydra.instance().clear()

@@ -58,6 +58,7 @@ def fedavg_pair(request):
             _trained("custom_fedavg", request.param))
 
 
+@pytest.mark.xdist_group("fedavg_pair")  # shares a module-scoped TFF process: one worker
 def test_custom_fedavg_reaches_tffs_weights(fedavg_pair):
     aggregator, (tff_parts, tff_weights, tff_out), (our_parts, our_weights, our_out) = fedavg_pair
     start = tff_parts.algorithm.process.get_model_weights(tff_parts.initial_state)
@@ -73,6 +74,7 @@ def test_custom_fedavg_reaches_tffs_weights(fedavg_pair):
         assert train[0]["loss"] == pytest.approx(train[1]["loss"], rel=1e-5)
 
 
+@pytest.mark.xdist_group("fedavg_pair")  # shares a module-scoped TFF process: one worker
 def test_custom_fedavg_is_counted_by_the_same_accounting(fedavg_pair):
     aggregator, (tff_parts, *_), (our_parts, *_) = fedavg_pair
     theirs, ours = tff_parts.comm.round_metrics(3), our_parts.comm.round_metrics(3)
@@ -85,6 +87,7 @@ def test_custom_fedavg_is_counted_by_the_same_accounting(fedavg_pair):
         assert ours["comm/aggregated_bits"] < ours["comm/broadcasted_bits"] / 8
 
 
+@pytest.mark.xdist_group("fedavg_pair")  # shares a module-scoped TFF process: one worker
 def test_fedprox_with_mu_zero_is_fedavg_and_mu_pulls_towards_the_server():
     tff_parts, tff_weights, _ = _trained("fedavg", "mean")
     start = tff_parts.algorithm.process.get_model_weights(tff_parts.initial_state)
@@ -144,7 +147,7 @@ def test_update_clipping_bounds_what_a_round_moves_the_model():
 
 
 def test_centralized_trains_on_every_pooled_example_and_sends_nothing():
-    from federated_research.loop import RunState, run_rounds
+    from federated_research.loop import Evaluations, RunState, run_rounds
 
     parts = build_run_parts(compose_config([*TINY, "algorithm=centralized", "rounds=1"]))
     logged = []
@@ -153,8 +156,8 @@ def test_centralized_trains_on_every_pooled_example_and_sends_nothing():
         def log_metrics(self, metrics, step):
             logged.append((step, dict(metrics)))
 
-    run = run_rounds(parts.algorithm, RunState(parts.initial_state), parts.data, parts.spec,
-                     parts.comm, lambda w: {"eval/accuracy": 0.0}, Collect())
+    run = run_rounds(parts, RunState(parts.initial_state),
+                     Evaluations(lambda w: {"eval/accuracy": 0.0}), Collect())
     (step, metrics), = logged
     pooled = sum(1 for _ in parts.data.train.create_tf_dataset_from_all_clients())
     assert step == 0 and metrics["train/num_examples"] == pooled == 4000
@@ -172,9 +175,9 @@ def test_centralized_trains_on_every_pooled_example_and_sends_nothing():
 def test_bad_algorithm_settings_are_one_line(overrides, message):
     with pytest.raises(Exception) as err:  # noqa: PT011 - hydra wraps what builders raise
         build_run_parts(compose_config([*TINY, *overrides]))
-    from federated_research.train import _config_error_in
+    from federated_research.errors import config_error_in
 
-    error = _config_error_in(err.value)
+    error = config_error_in(err.value)
     assert isinstance(error, ConfigError) and str(error).startswith(message)
     assert "\n" not in str(error)
 
@@ -214,7 +217,7 @@ def test_federated_evaluation_pools_and_spreads_per_client_scores():
 
 def test_centralized_text_is_not_capped_per_client(tmp_path):
     """`dataset.max_sequences` caps what each client trains on; pooled, nothing is capped."""
-    from federated_research.loop import RunState, run_rounds
+    from federated_research.loop import Evaluations, RunState, run_rounds
     from tests.conftest import write_shakespeare_cache
 
     write_shakespeare_cache(tmp_path)
@@ -228,8 +231,7 @@ def test_centralized_text_is_not_capped_per_client(tmp_path):
         def log_metrics(self, metrics, step):
             logged.append(dict(metrics))
 
-    run_rounds(parts.algorithm, RunState(parts.initial_state), parts.data, parts.spec,
-               parts.comm, lambda w: {}, Collect())
+    run_rounds(parts, RunState(parts.initial_state), Evaluations(lambda w: {}), Collect())
     capped = parts.data.task.client_batches(
         parts.data.train.create_tf_dataset_from_all_clients(), 1, 8, 10, seed=0)
     assert sum(len(x) for x, _ in capped) == 1
@@ -242,13 +244,13 @@ def test_centralized_keeps_what_training_updates_in_non_trainable_weights(tmp_pa
     tf.keras.Sequential([layers.InputLayer(input_shape=(28, 28, 1)), layers.Flatten(),
                          layers.BatchNormalization(), layers.Dense(10, activation="softmax")]
                         ).save(tmp_path / "bn.keras")
-    from federated_research.loop import RunState, run_rounds
+    from federated_research.loop import Evaluations, RunState, run_rounds
 
     parts = build_run_parts(compose_config([*TINY, "model=keras_file", "rounds=1",
                                             f"model.path={tmp_path / 'bn.keras'}",
                                             "algorithm=centralized"]))
-    weights = run_rounds(parts.algorithm, RunState(parts.initial_state), parts.data,
-                         parts.spec, parts.comm, lambda w: {}, _Discard()).state
+    weights = run_rounds(parts, RunState(parts.initial_state), Evaluations(lambda w: {}),
+                         _Discard()).state
     start = parts.algorithm.process.get_model_weights(parts.initial_state)
     assert len(start.non_trainable) == 2  # moving mean and variance
     assert all(float(np.max(np.abs(a - b))) > 1e-3

@@ -10,9 +10,12 @@ from omegaconf import OmegaConf
 from tensorflow_model_optimization.python.core.internal import tensor_encoding as te
 
 from federated_research.aggregators import build_aggregator
-from federated_research.aggregators.comm_bits import comm_cost, round_comm, type_bits
 from federated_research.algorithms.fedavg import build_fedavg
+from federated_research.comm_bits import comm_cost, round_comm, type_bits
 from federated_research.models import build_model
+
+# Module-scoped TFF processes are shared by its tests: one pytest-xdist worker builds them.
+pytestmark = pytest.mark.xdist_group("comm_bits")
 
 CNN_PARAMS = 1_663_370
 MEAN = {"_target_": "tensorflow_federated.aggregators.MeanFactory"}

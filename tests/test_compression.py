@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import hydra
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -17,13 +18,19 @@ import tensorflow_federated as tff
 from omegaconf import OmegaConf
 
 from federated_research.aggregators import build_aggregator, with_update_error
-from federated_research.aggregators.bitpack import pack, packed_words, unpack
-from federated_research.aggregators.codec import content_seed, encode_fn
-from federated_research.aggregators.comm_bits import comm_cost, round_comm
-from federated_research.aggregators.rotation import BlockRotation, block_size
+from federated_research.aggregators.codec_sum import method_aggregator
+from federated_research.comm_bits import comm_cost, round_comm
+from federated_research.compression.bitpack import pack, packed_words, unpack
+from federated_research.compression.codec import content_seed, encode_fn
+from federated_research.compression.method import build_method, is_method
+from federated_research.compression.rotation import BlockRotation, block_size
 from federated_research.distributors import build_distributor
 from federated_research.errors import ConfigError
 from federated_research.train import CONF_DIR
+from tests.conftest import options
+
+# Module-scoped TFF processes are shared by its tests: one pytest-xdist worker builds them.
+pytestmark = pytest.mark.xdist_group("compression")
 
 # A dense kernel that is not a whole number of blocks, a conv kernel, a bias.
 SHAPES = [(300, 70), (5, 5, 1, 8), (10,)]
@@ -38,8 +45,6 @@ def _method(name: str, **options):
 
 
 def _build(name: str, **options):
-    from federated_research.aggregators.codec import build_method
-
     return build_method(_method(name, **options), "aggregator")
 
 
@@ -81,10 +86,21 @@ FORMULAS = {  # bits per client of the encoded update, from each module's docstr
         min(max(1, round(.3 * d)) * math.ceil(math.log2(d)), d), 1) for d in SIZES),
     ("sketch", 16): 32 * (300 * 16 + 25 * 8 + 10) + 32,  # (300,70) sketched; 8, 10 cols raw
 }
+
+
+def method_options(group: str = "aggregator") -> list[str]:
+    """Every option of the group that is a compression Method: a new one is tested by itself."""
+    return [name for name in options(group)
+            if is_method(hydra.utils.get_object(OmegaConf.load(
+                CONF_DIR / group / f"{name}.yaml")["_target_"]))]
+
+
 CASES = [("quantize", {"bits": 8}, ("quantize", 8)), ("quantize", {"bits": 3}, ("quantize", 3)),
          ("rotated_quantize", {}, ("rotated_quantize", 2)), ("drive", {}, ("drive", None)),
          ("subsampled", {}, ("subsampled", None)), ("topk", {}, ("topk", 0.01)),
          ("topk", {"fraction": 0.3}, ("topk", 0.3)), ("sketch", {}, ("sketch", 16))]
+# A method added since: its declared formula (Method.message_bits) is what it is held to.
+CASES += [(name, {}, None) for name in method_options() if name not in {c[0] for c in CASES}]
 
 
 @pytest.mark.parametrize("bits", range(1, 17))
@@ -112,19 +128,20 @@ def test_rotation_is_orthonormal_and_pads_little():
 @pytest.mark.parametrize(("name", "options", "formula"), CASES)
 def test_counted_bits_are_what_the_encoder_emits(name, options, formula):
     method = _build(name, **options)
-    process = method.aggregator().create(VALUE_TYPE, tff.TensorType(np.float32))
+    process = method_aggregator(method).create(VALUE_TYPE, tff.TensorType(np.float32))
     counted = comm_cost(process.next).up
     codecs = [method.codec(s) for s in SHAPES]
     message = encode_fn(codecs, method.seed)([tf.constant(v) for v in _values()])
     emitted = _emitted_bits(message)
     assert counted == emitted + 32  # + the weighted mean's float32 weight
-    assert emitted == FORMULAS[formula]
+    assert emitted == method.message_bits(SHAPES)  # the method's own declared formula
+    assert emitted == (FORMULAS[formula] if formula else method.message_bits(SHAPES))
     raw = sum(SIZES) * 32
     assert emitted < raw
 
 
 def _roundtrip(method, values, run_seed):
-    from federated_research.aggregators.codec import decode_fn
+    from federated_research.compression.codec import decode_fn
 
     codecs = [method.codec(s) for s in SHAPES]
     message = encode_fn(codecs, run_seed)([tf.constant(v) for v in values])
@@ -138,6 +155,9 @@ def _nmse(estimate, values) -> float:
 
 UNBIASED = [("quantize", {"bits": 2}), ("rotated_quantize", {}), ("drive", {}),
             ("subsampled", {}), ("sketch", {}), ("quantize", {"bits": 1, "subsample": 0.25})]
+# Every method that declares itself unbiased is held to it, a new one included.
+UNBIASED += [(name, {}) for name in method_options() if name not in {u[0] for u in UNBIASED}
+             and _build(name).is_unbiased()]
 
 
 @pytest.mark.parametrize(("name", "options"), UNBIASED)
@@ -279,8 +299,8 @@ def test_block_size_must_be_a_power_of_two():
 
 
 def test_methods_compose_with_tffs_zeroing_and_clipping():
-    plain = _build("drive").aggregator().create(VALUE_TYPE, tff.TensorType(np.float32))
-    robust = _build("drive", zeroing=True, clipping=True).aggregator().create(
+    plain = method_aggregator(_build("drive")).create(VALUE_TYPE, tff.TensorType(np.float32))
+    robust = method_aggregator(_build("drive", zeroing=True, clipping=True)).create(
         VALUE_TYPE, tff.TensorType(np.float32))
     output = robust.next(robust.initialize(), [_values(8), _values(9)], [1.0, 1.0])
     assert output.measurements["zeroed_count"] == 0  # TFF's zeroing wraps our factory

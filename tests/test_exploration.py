@@ -7,6 +7,7 @@ import sys
 
 import matplotlib.image
 import numpy as np
+import pytest
 from mlflow import MlflowClient
 
 from federated_research.data.mnist import load_mnist
@@ -48,6 +49,7 @@ def test_the_script_refuses_text_in_one_line(tmp_path, monkeypatch, capsys):
     assert err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_script_writes_the_figures_and_logs_them_to_mlflow(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     done = subprocess.run(

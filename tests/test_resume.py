@@ -4,6 +4,8 @@ the journal and the TensorBoard sink skip what a resumed run logs again."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -12,13 +14,16 @@ from federated_research.build import build_run_parts
 from federated_research.checkpoint import Checkpoints
 from federated_research.errors import ConfigError
 from federated_research.evaluation import CentralEvaluator
-from federated_research.loop import RunState, run_rounds
+from federated_research.loop import Evaluations, RunState, run_rounds
 from federated_research.resume import RunRecord, check_same_config, flat_config, resume_argv
 from federated_research.tracking import Tracker
 from federated_research.tracking.journal import MetricJournal, read_journal
 from federated_research.tracking.tensorboard_sink import TensorBoardSink
 from tests.conftest import compose_config
 from tests.test_train_cli import _tensorboard
+
+# Module-scoped TFF processes are shared by its tests: one pytest-xdist worker builds them.
+pytestmark = pytest.mark.xdist_group("resume")
 
 TINY = ["model=linear", "dataset.num_clients=8", "clients_per_round=3", "eval_every=1"]
 ROUNDS = 5
@@ -45,8 +50,8 @@ def _train(parts, folder, rounds: int, checkpoint_every: int, resume: bool):
     evaluate = CentralEvaluator(parts.model, parts.data.test, 500)
     spec = parts.spec.__class__(**{**parts.spec.__dict__, "rounds": rounds})
     with Tracker([MetricJournal(folder), TensorBoardSink(folder / "tb", resume=resume)]) as tracker:
-        run = run_rounds(parts.algorithm, run, parts.data, spec, parts.comm, evaluate, tracker,
-                         save=lambda r: checkpoints.save_if_due(r, rounds))
+        run = run_rounds(dataclasses.replace(parts, spec=spec), run, Evaluations(evaluate),
+                         tracker, save=lambda r: checkpoints.save_if_due(r, rounds))
     return run, checkpoints
 
 

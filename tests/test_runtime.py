@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import psutil
+import pytest
 import tensorflow_federated as tff
 
 from federated_research.runtime import TffRuntime
@@ -51,6 +52,7 @@ def test_worker_stops_when_the_block_raises(tmp_path):
     assert _gone(pid, within=10)
 
 
+@pytest.mark.slow
 def test_worker_dies_with_its_parent_even_on_sigkill(tmp_path):
     code = ("from federated_research.runtime import TffRuntime; import time; "
             "r = TffRuntime(); r.__enter__(); print(r.worker_pid, flush=True); time.sleep(120)")

@@ -120,6 +120,7 @@ def tiny_parts(cache_dir):
     return build_run_parts(cfg)
 
 
+@pytest.mark.xdist_group("shakespeare_tiny_parts")  # shares a module-scoped TFF process: one worker
 def test_a_three_character_client_trains(tiny_parts):
     """The tutorial drops text shorter than one sequence; here it is one padded sequence."""
     parts = tiny_parts
@@ -134,6 +135,7 @@ def test_a_three_character_client_trains(tiny_parts):
     assert any(not np.allclose(a, b) for a, b in zip(before, after, strict=True))
 
 
+@pytest.mark.xdist_group("shakespeare_tiny_parts")  # shares a module-scoped TFF process: one worker
 def test_the_char_model_bits_are_counted_like_any_model(tiny_parts):
     weights = tiny_parts.algorithm.process.get_model_weights(tiny_parts.initial_state)
     params = sum(w.size for w in weights.trainable)
@@ -171,6 +173,7 @@ def test_every_aggregator_trains_the_char_model(cache_dir, aggregator):
         assert up < mean_bits
 
 
+@pytest.mark.slow
 def test_a_pretrained_file_is_fine_tuned_saved_back_and_generates(tmp_path, cache_dir,
                                                                    mlflow_uri):
     pre = tmp_path / "pre.keras"

@@ -131,7 +131,7 @@ def test_a_sweeps_children_are_found_in_other_experiments(mlflow_uri, tmp_path):
     client.set_terminated(child, "FINISHED")
     info = SweepInfo(uri=mlflow_uri, experiment_id=home, parent_run_id=parent, sweep_id="s",
                      swept=[], groups=[], started=time.time(), folder=str(tmp_path))
-    assert end_sweep(info, report=False) == "FINISHED"
+    assert end_sweep(info, report=None) == "FINISHED"
     assert client.get_run(parent).data.metrics["sweep/jobs"] == 1
 
 

@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from federated_research.flat import flatten
 from federated_research.signals import Terminated
 from federated_research.tracking import Tracker
-from federated_research.tracking.mlflow_sink import MlflowSink
-from federated_research.tracking.run import flatten
+from federated_research.tracking.mlflow_sink import MlflowRun, MlflowSink
 from federated_research.tracking.tensorboard_sink import TensorBoardSink
 
 
 def _sink(uri: str, name: str) -> MlflowSink:
-    return MlflowSink(uri, "exp", name, params={"a.b": 1}, tags={"model": "cnn"})
+    return MlflowSink(uri, MlflowRun("exp", name, params={"a.b": 1}, tags={"model": "cnn"}))
 
 
 @pytest.mark.parametrize(("raised", "status"), [

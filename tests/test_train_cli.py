@@ -43,6 +43,7 @@ def _tensorboard(logdir: Path) -> dict[str, dict[int, float]]:
             if acc.SummaryMetadata(tag).plugin_data.plugin_name == "scalars"}  # not HParams
 
 
+@pytest.mark.slow
 def test_two_rounds_are_tracked_identically_in_mlflow_and_tensorboard(tmp_path, mlflow_uri):
     """Also run through `| tee`, which hangs if the TFF worker holds our stdout."""
     cmd = (f"set -o pipefail; {sys.executable} -m federated_research.train rounds=2 "
@@ -176,6 +177,38 @@ def test_unreachable_tracking_server_fails_fast_in_one_line(tmp_path, run_cli, s
     assert time.monotonic() - start < 60
 
 
+@pytest.mark.parametrize(("uri", "says"), [
+    ("ftp://example.invalid/mlruns", "MLflow cannot keep runs at a ftp:// URI. Fix: use "
+                                     "sqlite:///"),
+    ("sqlite:////proc/x/mlflow.db", "cannot create the store's folder /proc/x ("),
+], ids=["unsupported-scheme", "unwritable-sqlite-folder"])
+def test_a_tracking_uri_mlflow_cannot_use_is_one_line_before_training(tmp_path, run_cli, uri,
+                                                                      says):
+    done = run_cli(env=cli_env(uri), timeout=120)
+    assert done.returncode == 2
+    line, = done.stderr.strip().splitlines()
+    assert line.startswith(f"error: tracking.mlflow_uri={uri}: {says}"), line
+    assert not list(tmp_path.glob("outputs/*/*/tff_worker.log"))  # refused before TFF started
+
+
+def test_a_finite_divergence_stops_the_run_failed_under_on_nonfinite(tmp_path, mlflow_uri,
+                                                                     run_cli):
+    """A learning rate of 1e9: the loss stays finite but passes any healthy run's by far.
+    (`on_nonfinite=continue` lifts it as it lifts a NaN, one `if` in loop.run_rounds,
+    run end to end by test_long_runs.py's diverging custom FedAvg.)"""
+    diverging = ["model=linear", "clients_per_round=3", "rounds=1",
+                 "client_optimizer.learning_rate=1e9"]
+    done = run_cli(*diverging)
+    assert done.returncode == 1
+    line, = done.stderr.strip().splitlines()
+    assert line.startswith("error: client_optimizer.learning_rate=1000000000.0: training "
+                           "diverged: eval/loss="), line
+    assert "x the loss of a uniform guess) at round 0" in line and "on_nonfinite=contin" in line
+    client, runs = _runs(mlflow_uri)
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert _history(client, runs[0].info.run_id, "eval/loss")[0] > 230  # logged, then out
+
+
 def test_emnist62_hand_written_fedavg_with_federated_evaluation(tmp_path, mlflow_uri, run_cli):
     """EMNIST's 62 classes from a TFF cache, the 2NN, FedAvg by hand, and fed_eval/* logged
     beside eval/* in both MLflow and TensorBoard."""
@@ -207,6 +240,7 @@ def test_emnist62_hand_written_fedavg_with_federated_evaluation(tmp_path, mlflow
 @pytest.mark.parametrize(("sig", "sweep"), [(signal.SIGTERM, False), (signal.SIGINT, False),
                                             (signal.SIGINT, True)],
                          ids=["SIGTERM", "SIGINT", "SIGINT-sweep"])
+@pytest.mark.slow
 def test_a_signal_marks_the_run_killed_and_stops_the_worker(tmp_path, mlflow_uri, sig, sweep):
     """In a sweep, Ctrl-C also marks the parent run KILLED."""
     where = ["-m", "aggregator=mean,drive", f"hydra.sweep.dir={tmp_path}",

@@ -1,8 +1,9 @@
-"""Model-update aggregators (tff.aggregators factories) and their bit accounting.
+"""Uplink: the model-update aggregator (the `aggregator` group), as a TFF factory.
 
-An `aggregator=` option's `_target_` is either a TFF factory (or a function that
-returns one), built as is, or a compression `Method` (codec.py), type- and
-range-checked against its own dataclass and turned into a weighted-mean factory.
+An `aggregator=` option's `_target_` is either a compression `Method`
+(federated_research.compression), typed and range-checked against its own
+dataclass and sent through `CodecSumFactory`, or a TFF factory (or a function
+that returns one), built as is.
 """
 
 from __future__ import annotations
@@ -11,19 +12,15 @@ import hydra
 import tensorflow_federated as tff
 from omegaconf import DictConfig
 
-from federated_research.aggregators.codec import Method, build_method
-
-
-def is_method(cfg: DictConfig) -> bool:
-    """Whether the node builds a compression Method (rather than a TFF factory)."""
-    target = hydra.utils.get_object(cfg._target_)
-    return isinstance(target, type) and issubclass(target, Method)
+from federated_research.aggregators.codec_sum import method_aggregator
+from federated_research.aggregators.error import UpdateErrorFactory
+from federated_research.compression.method import build_method, is_method
 
 
 def build_aggregator(cfg: DictConfig) -> tff.aggregators.WeightedAggregationFactory:
     """The uplink: a weighted aggregation factory for the model update."""
-    if is_method(cfg):
-        return build_method(cfg, "aggregator").aggregator()
+    if is_method(hydra.utils.get_object(cfg._target_)):
+        return method_aggregator(build_method(cfg, "aggregator"))
     factory = hydra.utils.instantiate(cfg)
     if not isinstance(factory, tff.aggregators.WeightedAggregationFactory):
         raise TypeError(f"aggregator {cfg._target_} built a {type(factory).__name__}; "
@@ -33,8 +30,6 @@ def build_aggregator(cfg: DictConfig) -> tff.aggregators.WeightedAggregationFact
 
 def with_update_error(factory: tff.aggregators.WeightedAggregationFactory):
     """Wrap a lossy factory so the run logs comm/update_mse; the exact mean stays as is."""
-    from federated_research.aggregators.error import UpdateErrorFactory
-
     inner = getattr(factory, "_value_sum_factory", None)  # MeanFactory's sum of values
     if type(factory) is tff.aggregators.MeanFactory and type(inner) is tff.aggregators.SumFactory:
         return factory

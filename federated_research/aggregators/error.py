@@ -21,8 +21,6 @@ import collections
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from federated_research.aggregators.codec import empty_state
-
 
 def error_metrics(estimate, exact, name: str) -> collections.OrderedDict:
     """`<name>_mse` (per coordinate) and `<name>_nmse` of structures of tensors."""
@@ -62,7 +60,7 @@ class UpdateErrorFactory(tff.aggregators.WeightedAggregationFactory):
     def diagnostic_process(self, value_type, weight_type) -> tff.templates.MeasuredProcess:
         """Only the traffic this wrapper adds: the raw weighted mean."""
 
-        init_fn = empty_state()
+        init_fn = tff.federated_computation(lambda: tff.federated_value((), tff.SERVER))
 
         @tff.federated_computation(init_fn.type_signature.result,
                                    tff.FederatedType(value_type, tff.CLIENTS),

@@ -8,6 +8,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from federated_research.aggregators.error import UpdateErrorFactory
+from federated_research.comm_bits import CommCost, RoundComm, round_comm
+from federated_research.distributors.plain import PlainBroadcast
 from federated_research.models import ModelSpec
 from federated_research.seeds import Stream, int_seed
 
@@ -25,7 +28,6 @@ class FederatedAlgorithm:
     (centralized.py): its rounds train on all training clients' data pooled,
     shuffled with that buffer, instead of on sampled clients, and send nothing.
     """
-
     process: tff.learning.templates.LearningProcess
     distributor: tff.templates.MeasuredProcess | None
     aggregation: tff.templates.MeasuredProcess | None
@@ -34,8 +36,6 @@ class FederatedAlgorithm:
 
     def round_comm(self):
         """The bits of a round, read off the built computations (comm_bits.py)."""
-        from federated_research.aggregators.comm_bits import CommCost, RoundComm, round_comm
-
         if self.pooled_shuffle_buffer is not None:  # centralised: nothing crosses a network
             return RoundComm(CommCost(), 0, 0)
         return round_comm(self.process, self.distributor, self.aggregation,
@@ -45,8 +45,6 @@ class FederatedAlgorithm:
 def aggregation_parts(aggregator: tff.aggregators.WeightedAggregationFactory, value_type,
                       weight_type) -> tuple[tff.templates.MeasuredProcess, tuple]:
     """The aggregation process without diagnostics, and the diagnostics' own traffic."""
-    from federated_research.aggregators.error import UpdateErrorFactory
-
     if isinstance(aggregator, UpdateErrorFactory):
         return (aggregator.inner.create(value_type, weight_type),
                 (aggregator.diagnostic_process(value_type, weight_type),))
@@ -60,8 +58,6 @@ def tff_algorithm(build_process, model: ModelSpec, aggregator, distributor) -> F
     (downlink) is built here and handed to it, so the accounting measures
     exactly the parts the process runs.
     """
-    from federated_research.distributors.plain import PlainBroadcast
-
     weights_type = tff.learning.models.weights_type_from_model(model.tff_model_fn)
     distribution = (distributor or PlainBroadcast()).create(weights_type)
     aggregation, diagnostics = aggregation_parts(aggregator, weights_type.trainable,

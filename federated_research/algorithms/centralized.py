@@ -101,9 +101,6 @@ def build_centralized(model: ModelSpec, client_optimizer: tff.learning.optimizer
                           "model, so there is nothing to compress or clip",
                           "run it with aggregator=mean distributor=plain (the defaults) and "
                           "no client.update_clip_norm")
-    if shuffle_buffer < 1:
-        raise ConfigError(f"algorithm.shuffle_buffer={shuffle_buffer}", "must be at least 1",
-                          "pass e.g. algorithm.shuffle_buffer=10000")
     return FederatedAlgorithm(process=CentralizedProcess(model, client_optimizer),
                               distributor=None, aggregation=None,
                               pooled_shuffle_buffer=shuffle_buffer)

@@ -15,7 +15,6 @@ import tensorflow_federated as tff
 from federated_research.algorithms import FederatedAlgorithm
 from federated_research.algorithms.custom_fedavg import build_custom_fedavg
 from federated_research.distributors import Distributor
-from federated_research.errors import ConfigError
 from federated_research.models import ModelSpec
 
 
@@ -24,8 +23,5 @@ def build_fedprox(model: ModelSpec, client_optimizer: tff.learning.optimizers.Op
                   aggregator: tff.aggregators.WeightedAggregationFactory,
                   distributor: Distributor | None = None, mu: float = 0.01) -> FederatedAlgorithm:
     """FedProx with proximal strength `mu` (mu = 0 is FedAvg)."""
-    if not mu >= 0:  # also catches nan
-        raise ConfigError(f"algorithm.mu={mu}", "the proximal strength must be 0 or more",
-                          "pass e.g. algorithm.mu=0.01 (0 is FedAvg)")
     return build_custom_fedavg(model, client_optimizer, server_optimizer, aggregator,
                                distributor, proximal_strength=float(mu))

@@ -13,6 +13,9 @@ import hydra
 import tensorflow_federated as tff
 from omegaconf import DictConfig
 
+from federated_research.compression.method import build_method, check_downlink, is_method
+from federated_research.distributors.compressed import CompressedBroadcast
+
 
 class Distributor(Protocol):
     def create(self, weights_type: tff.Type) -> tff.learning.templates.DistributionProcess:
@@ -20,18 +23,8 @@ class Distributor(Protocol):
 
 
 def build_distributor(cfg: DictConfig) -> Distributor:
-    from federated_research.aggregators import is_method
-    from federated_research.aggregators.codec import build_method
-    from federated_research.errors import ConfigError
-
-    if not is_method(cfg):
+    if not is_method(hydra.utils.get_object(cfg._target_)):
         return hydra.utils.instantiate(cfg)
     method = build_method(cfg, "distributor")
-    for key in ("zeroing", "clipping"):
-        if getattr(method, key):
-            raise ConfigError(f"distributor.{key}=true", "zeroing and clipping apply to "
-                              "client updates, not to the broadcast model",
-                              f"drop distributor.{key} (aggregator.{key} exists)")
-    from federated_research.distributors.compressed import CompressedBroadcast
-
+    check_downlink(method)
     return CompressedBroadcast(method)

@@ -15,8 +15,9 @@ import tensorflow as tf
 import tensorflow_federated as tff
 from tensorflow_federated.python.core.impl.types import type_conversions
 
-from federated_research.aggregators.codec import Method, decode_fn, empty_state, encode_fn, restore
 from federated_research.aggregators.error import error_metrics
+from federated_research.compression.codec import decode_fn, encode_fn, restore
+from federated_research.compression.method import Method
 
 
 class CompressedBroadcast:
@@ -25,8 +26,7 @@ class CompressedBroadcast:
 
     def create(self, weights_type: tff.Type) -> tff.learning.templates.DistributionProcess:
         specs = type_conversions.type_to_tf_tensor_specs(weights_type)
-        flat_specs = tf.nest.flatten(specs)
-        codecs = [self.method.codec(tuple(s.shape)) for s in flat_specs]
+        codecs = self.method.codecs([tuple(s.shape) for s in tf.nest.flatten(specs)])
         encode = tff.tensorflow.computation(weights_type)(encode_fn(codecs, self.method.seed))
         decode_flat = decode_fn(codecs, self.method.seed)
 
@@ -36,7 +36,7 @@ class CompressedBroadcast:
         error = tff.tensorflow.computation(weights_type, weights_type)(
             lambda decoded, exact: error_metrics(decoded, exact, "broadcast"))
 
-        init_fn = empty_state()
+        init_fn = tff.federated_computation(lambda: tff.federated_value((), tff.SERVER))
 
         @tff.federated_computation(init_fn.type_signature.result,
                                    tff.FederatedType(weights_type, tff.SERVER))

@@ -20,11 +20,6 @@ def build_char_rnn(input_shape: tuple[int, ...], num_classes: int, embedding_dim
         raise ConfigError("model=char_rnn", f"takes sequences of character ids, the dataset "
                           f"gives inputs of shape {tuple(input_shape)}",
                           "use dataset=shakespeare, or model=cnn / model=linear for images")
-    for key, value in (("embedding_dim", embedding_dim), ("rnn_units", rnn_units),
-                       ("rnn_layers", rnn_layers)):
-        if value < 1:
-            raise ConfigError(f"model.{key}={value}", "must be at least 1",
-                              f"pass e.g. model.{key}={ {'rnn_layers': 1}.get(key, 256) }")
     layers = tf.keras.layers
     return tf.keras.Sequential([
         layers.InputLayer(input_shape=(None,), dtype=tf.int64),

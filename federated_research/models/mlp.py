@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from federated_research.errors import ConfigError
-
 
 def build_mlp(input_shape: tuple[int, ...], num_classes: int,
               hidden_units: tuple[int, ...] = (200, 200)) -> tf.keras.Model:
@@ -13,9 +11,6 @@ def build_mlp(input_shape: tuple[int, ...], num_classes: int,
 
     199,210 parameters for 28x28 inputs and 10 classes, as in the paper.
     """
-    if any(units < 1 for units in hidden_units):
-        raise ConfigError(f"model.hidden_units={list(hidden_units)}", "every layer needs at "
-                          "least one unit", "pass e.g. model.hidden_units=[200,200]")
     layers = tf.keras.layers
     return tf.keras.Sequential([
         layers.InputLayer(input_shape=input_shape),

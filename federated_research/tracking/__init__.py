@@ -13,6 +13,8 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from federated_research.signals import Terminated
+
 log = logging.getLogger(__name__)
 
 
@@ -57,6 +59,5 @@ def status_for(exc: BaseException | None) -> str:
     """MLflow run status for how a run ended: interrupted runs are KILLED."""
     if exc is None:
         return "FINISHED"
-    from federated_research.signals import Terminated
 
     return "KILLED" if isinstance(exc, KeyboardInterrupt | Terminated) else "FAILED"

@@ -10,6 +10,16 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from federated_research.errors import ConfigError
+from federated_research.report import report_sweep
+from federated_research.tracking.hparams import run_hparams, write_experiment
+from federated_research.tracking.mlflow_sink import check_reachable, mlflow_ui_hint
+from federated_research.tracking.sweep import (
+    end_sweep,
+    group_choices,
+    record_failed_job,
+    start_sweep,
+    sweep_dir,
+)
 
 log = logging.getLogger("federated_research")
 
@@ -28,10 +38,6 @@ class SweepTracking(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from hydra.core.hydra_config import HydraConfig
-
-        from federated_research.tracking.hparams import run_hparams, write_experiment
-        from federated_research.tracking.mlflow_sink import check_reachable
-        from federated_research.tracking.sweep import group_choices, start_sweep, sweep_dir
 
         HydraConfig.instance().set_config(config)  # not yet set here; ${hydra:...} needs it
         try:
@@ -55,18 +61,14 @@ class SweepTracking(Callback):
         from hydra.core.utils import JobStatus
         from hydra.types import RunMode
 
-        from federated_research.tracking.sweep import record_failed_job, sweep_dir
-
         if (config.hydra.mode == RunMode.MULTIRUN
                 and getattr(job_return, "status", None) == JobStatus.FAILED):
             record_failed_job(sweep_dir(config.hydra), config.hydra.job.num,
                               str(getattr(job_return, "_return_value", "")))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from federated_research.tracking.mlflow_sink import mlflow_ui_hint
-        from federated_research.tracking.sweep import end_sweep, sweep_dir
 
-        status = end_sweep(report=config.tracking.sweep_report)
+        status = end_sweep(report=report_sweep if config.tracking.sweep_report else None)
         if status is None:
             return
         folder = sweep_dir(config.hydra)

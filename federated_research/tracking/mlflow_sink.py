@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 from collections import deque
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -39,8 +40,34 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
                               "start the server, or unset MLFLOW_TRACKING_URI to use the "
                               "local SQLite store") from None
     elif parsed.scheme == "sqlite":
-        db = Path(parsed.path[1:] if parsed.path.startswith("//") else parsed.path)
-        db.parent.mkdir(parents=True, exist_ok=True)
+        db = Path(parsed.path[1:])  # sqlite:///relative.db, sqlite:////absolute.db
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"{_URI_KEY}={uri}", f"cannot create the store's folder "
+                              f"{db.parent} ({err.strerror})", "point it at a folder you can "
+                              "write, e.g. MLFLOW_TRACKING_URI=sqlite:///$PWD/mlflow.db") from None
+    elif not _mlflow_tracks_to(parsed.scheme):
+        raise ConfigError(f"{_URI_KEY}={uri}", f"MLflow cannot keep runs at a {parsed.scheme}:// "
+                          "URI", "use sqlite:///<path>/mlflow.db (the default), an MLflow "
+                          "server's http(s):// address, or a database (postgresql://, mysql://)")
+
+
+# The schemes MLflow 3.5 ships a tracking store for (a plugin may add more: asked below).
+_BUILT_IN_SCHEMES = {"", "file", "sqlite", "http", "https", "postgresql", "mysql", "mssql",
+                     "databricks", "databricks-uc", "uc"}
+
+
+def _mlflow_tracks_to(scheme: str) -> bool:
+    """Whether MLflow has a tracking store for this URI scheme (`postgresql+psycopg2` too)."""
+    engine = scheme.split("+", 1)[0]
+    if engine in _BUILT_IN_SCHEMES:
+        return True
+    if len(scheme) == 1:  # a Windows drive letter: a plain path
+        return True
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+    return engine in _tracking_store_registry._registry  # built-ins and plugins' entry points
 
 
 @contextlib.contextmanager
@@ -98,6 +125,33 @@ def ensure_experiment(client, name: str, uri: str) -> str:
         return found.experiment_id
 
 
+@dataclass(frozen=True)
+class MlflowRun:
+    """The run a sink logs to: a new one (name, params, tags, artifacts) or, with
+    `resume_run_id`, an existing one, given the journal of what was logged to it
+    (set RUNNING again when `reopen`)."""
+
+    experiment: str
+    name: str = ""
+    params: Mapping[str, object] = field(default_factory=dict)
+    tags: Mapping[str, str] = field(default_factory=dict)
+    artifact_dirs: Mapping[str, Path] = field(default_factory=dict)
+    artifact_dicts: Mapping[str, dict] = field(default_factory=dict)
+    resume_run_id: str | None = None
+    journal: Sequence[Entry] = ()
+    reopen: bool = True
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """How long to wait for a store that stopped answering (`timeout` at the end,
+    a retry every `retry_seconds`), and the command that delivers the rest later."""
+
+    timeout: float = 60.0
+    sync_hint: str = ""
+    retry_seconds: float = 10.0
+
+
 class MlflowSink:
     """One MLflow run: created (or, to resume, reopened) at construction; `close` sets
     FINISHED, FAILED or KILLED.
@@ -111,14 +165,11 @@ class MlflowSink:
     """
 
     @logging_preserved()
-    def __init__(self, uri: str, experiment: str, run_name: str, params: Mapping[str, object],
-                 tags: Mapping[str, str], artifact_dirs: Mapping[str, Path] = (),
-                 artifact_dicts: Mapping[str, dict] = (), resume_run_id: str | None = None,
-                 journal: Sequence[Entry] = (),
-                 delivery_timeout: float = 60.0, sync_hint: str = "",
-                 retry_seconds: float = 10.0, reopen: bool = True) -> None:
+    def __init__(self, uri: str, run: MlflowRun, delivery: Delivery | None = None) -> None:
         from mlflow import MlflowClient
         from mlflow.entities import Param, RunTag
+
+        delivery = delivery or Delivery()
 
         check_reachable(uri)
         if urlparse(uri).scheme in ("http", "https"):  # fail fast, the queue retries
@@ -129,30 +180,30 @@ class MlflowSink:
             # One line of ours says the server is gone; not urllib3's line per retry.
             logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
         self.client = MlflowClient(tracking_uri=uri)
-        self.uri, self.delivery_timeout, self.sync_hint = uri, delivery_timeout, sync_hint
-        self.retry_seconds = retry_seconds
+        self.uri, self.delivery_timeout = uri, delivery.timeout
+        self.sync_hint, self.retry_seconds = delivery.sync_hint, delivery.retry_seconds
         self._pending: deque[tuple[int, list]] = deque()  # (step, [Metric]) in order
         self._retry_at = 0.0
         self._down: str | None = None  # why the store stopped answering
         self._logged: Logged = set()
-        run_tags = [RunTag(k, str(v)) for k, v in tags.items()]
-        if resume_run_id is not None:
-            self.run_id = resume_run_id
-            self._reopen(run_tags, journal, reopen)
+        run_tags = [RunTag(k, str(v)) for k, v in run.tags.items()]
+        if run.resume_run_id is not None:
+            self.run_id = run.resume_run_id
+            self._reopen(run_tags, run.journal, run.reopen)
             return
-        experiment_id = ensure_experiment(self.client, experiment, uri)
-        run = self.client.create_run(experiment_id, run_name=run_name,
-                                     tags={k: str(v) for k, v in tags.items()})
-        self.run_id = run.info.run_id
-        items = [Param(k, str(v)) for k, v in params.items()]
+        experiment_id = ensure_experiment(self.client, run.experiment, uri)
+        self.run_id = self.client.create_run(
+            experiment_id, run_name=run.name, tags={k: str(v) for k, v in run.tags.items()},
+        ).info.run_id
+        items = [Param(k, str(v)) for k, v in run.params.items()]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params a batch
             self.client.log_batch(self.run_id, params=items[i:i + 100])
         source = RunTag("mlflow.source.name", "federated_research.train")
         self.client.log_batch(self.run_id, tags=[source])
-        for artifact_path, folder in dict(artifact_dirs).items():
+        for artifact_path, folder in dict(run.artifact_dirs).items():
             if Path(folder).is_dir():
                 self.client.log_artifacts(self.run_id, str(folder), artifact_path)
-        for name, content in dict(artifact_dicts).items():
+        for name, content in dict(run.artifact_dicts).items():
             self.client.log_dict(self.run_id, content, name)
 
     def _reopen(self, tags: list, journal: Sequence[Entry], reopen: bool) -> None:

@@ -9,12 +9,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from federated_research.resume import RunRecord, flat_config
+from federated_research.flat import flat_config, flatten
+from federated_research.resume import RunRecord
 from federated_research.tracking import Tracker
 from federated_research.tracking.console import ProgressBar
 from federated_research.tracking.hparams import run_hparams, write_session
 from federated_research.tracking.journal import JOURNAL_FILE, MetricJournal, read_journal
-from federated_research.tracking.mlflow_sink import MlflowSink
+from federated_research.tracking.mlflow_sink import Delivery, MlflowRun, MlflowSink
 from federated_research.tracking.sweep import (
     PARENT_TAG,
     SWEEP_ID_TAG,
@@ -24,16 +25,6 @@ from federated_research.tracking.sweep import (
     sweep_dir,
 )
 from federated_research.tracking.tensorboard_sink import TensorBoardSink
-
-
-def flatten(node: object, prefix: str = "") -> dict[str, object]:
-    """{'client': {'epochs': 1}} -> {'client.epochs': 1}: MLflow params are flat."""
-    if isinstance(node, dict):
-        out: dict[str, object] = {}
-        for key, value in node.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: node}
 
 
 def run_name(cfg: DictConfig, choices: dict[str, str], sweep: SweepInfo | None) -> str:
@@ -98,14 +89,13 @@ def open_tracker(cfg: DictConfig, output_dir: Path, extra_artifacts: dict[str, d
         tags.update({PARENT_TAG: sweep.parent_run_id, SWEEP_ID_TAG: sweep.sweep_id,
                      "job_num": str(HydraConfig.get().job.num)})
     try:
-        mlflow = MlflowSink(
-            uri=cfg.tracking.mlflow_uri, experiment=cfg.tracking.experiment,
-            run_name=name, params=flatten(resolved), tags=tags,
+        mlflow = MlflowSink(cfg.tracking.mlflow_uri, MlflowRun(
+            experiment=cfg.tracking.experiment, name=name, params=flatten(resolved), tags=tags,
             artifact_dirs={".hydra": output_dir / ".hydra"}, artifact_dicts=extra_artifacts,
             resume_run_id=record.run_id if record else None,
-            journal=read_journal(journal.path)[0] if record else (),
-            delivery_timeout=cfg.tracking.delivery_timeout,
-            sync_hint=f"python -m federated_research.sync {output_dir}")
+            journal=read_journal(journal.path)[0] if record else ()), Delivery(
+            timeout=cfg.tracking.delivery_timeout,
+            sync_hint=f"python -m federated_research.sync {output_dir}"))
     except BaseException:
         Tracker(sinks).close("FAILED")
         raise

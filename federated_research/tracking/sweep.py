@@ -21,10 +21,14 @@ import logging
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+
+from federated_research.flat import flatten
+from federated_research.tracking.mlflow_sink import ensure_experiment, logging_preserved
 
 log = logging.getLogger(__name__)
 
@@ -134,15 +138,6 @@ def job_run_name(task_overrides: list[str], swept: list[str], groups: list[str])
     return "-".join(parts) or None
 
 
-def _flat(node: object, prefix: str) -> dict[str, str]:
-    if isinstance(node, dict):
-        out: dict[str, str] = {}
-        for key, value in node.items():
-            out.update(_flat(value, f"{prefix}.{key}"))
-        return out
-    return {prefix: str(node)}
-
-
 _open: SweepInfo | None = None  # the parent this process opened and has not yet closed
 
 
@@ -150,8 +145,6 @@ def start_sweep(config: DictConfig) -> SweepInfo:
     """Open the parent run of a multirun and tell its future jobs where it is."""
     global _open
     from mlflow import MlflowClient
-
-    from federated_research.tracking.mlflow_sink import ensure_experiment, logging_preserved
 
     hydra_cfg = config.hydra
     uri = config.tracking.mlflow_uri
@@ -164,9 +157,9 @@ def start_sweep(config: DictConfig) -> SweepInfo:
     sweeper = OmegaConf.to_container(hydra_cfg.sweeper, resolve=True)
     launcher = OmegaConf.to_container(hydra_cfg.launcher, resolve=True)
     params = {f"sweep.{k}": v for k, v in sweep_values(hydra_cfg).items()}
-    params.update(_flat({k: v for k, v in sweeper.items() if k not in ("params", "_target_")},
-                        "sweeper"))
-    params.update(_flat({k: v for k, v in launcher.items() if k != "_target_"}, "launcher"))
+    params.update(flatten({k: v for k, v in sweeper.items() if k not in ("params", "_target_")},
+                          "sweeper."))
+    params.update(flatten({k: v for k, v in launcher.items() if k != "_target_"}, "launcher."))
     tags = {SWEEP_ID_TAG: sweep_id, "sweep_dir": str(folder), "run_type": "sweep",
             "sweeper": str(sweeper.get("_target_", "")).rsplit(".", 1)[-1],
             "launcher": str(launcher.get("_target_", "")).rsplit(".", 1)[-1],
@@ -218,18 +211,17 @@ def all_experiments(client) -> list[str]:
 
 
 def end_sweep(info: SweepInfo | None = None, aborted: str | None = None,
-              report: bool = True) -> str | None:
+              report: Callable[[SweepInfo], object] | None = None) -> str | None:
     """Close the parent: FINISHED if every child finished, else FAILED (KILLED if
-    `aborted` says so); log the sweep's counts and, if asked, the report. Returns
-    the parent's status, or None when this process opened no parent."""
+    `aborted` says so); log the sweep's counts and call `report(info)` (the caller's
+    report.report_sweep, so that this module never imports the report back).
+    Returns the parent's status, or None when this process opened no parent."""
     global _open
     info = info or _open
     if info is None:
         return None
     from mlflow import MlflowClient
     from mlflow.entities import Metric
-
-    from federated_research.tracking.mlflow_sink import logging_preserved
 
     _open = None
     with logging_preserved():
@@ -245,11 +237,9 @@ def end_sweep(info: SweepInfo | None = None, aborted: str | None = None,
             Metric("sweep/jobs", len(runs), now, 0),
             Metric("sweep/failed_jobs", len(failed) + len(early), now, 0),
             Metric("sweep/wall_seconds", time.time() - info.started, now, 0)])
-    if report and runs:
+    if report is not None and runs:
         try:
-            from federated_research.report import report_parent
-
-            report_parent(info.uri, info.parent_run_id, Path(info.folder) / "report")
+            report(info)
         except Exception as exc:  # noqa: BLE001 - the runs are safe; the report can be redone
             log.warning("could not write the sweep report (%s); run scripts/compare_runs.py "
                         "--parent %s", exc, info.parent_run_id)

@@ -14,10 +14,11 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass
 
-import tensorflow as tf
-
-from federated_research.aggregators.bitpack import pack, unpack
-from federated_research.aggregators.codec import Codec, Method, require
+from federated_research.compression.bitpack import pack, packed_words, unpack
+from federated_research.compression.codec import Codec
+from federated_research.compression.method import Method
+from federated_research.lazy import tf
+from federated_research.options import require
 
 
 def quantize_rows(z: tf.Tensor, bits: int, seed: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -43,22 +44,27 @@ def dequantize_rows(message: dict[str, tf.Tensor], bits: int, rows: int, n: int)
 class QuantizeCodec(Codec):
     def __init__(self, shape, bits: int) -> None:
         super().__init__(shape)
-        self.bits = bits
+        self.code_bits = bits
 
     def encode(self, x, seed):
-        return quantize_rows(x[None, :], self.bits, seed)
+        return quantize_rows(x[None, :], self.code_bits, seed)
 
     def decode(self, message, seed):
-        return dequantize_rows(message, self.bits, 1, self.size)[0]
+        return dequantize_rows(message, self.code_bits, 1, self.size)[0]
+
+    def bits(self) -> int:
+        return 32 * packed_words(self.size, self.code_bits) + 64
 
 
 @dataclass
 class Quantize(Method):
     bits: int = 8
 
+    unbiased = True
+
     def check(self) -> None:
         super().check()
-        require(1 <= self.bits <= 16, "bits", self.bits, "must be 1 to 16", "8")
+        require(1 <= self.bits <= 16, "bits", self.bits, "must be 1 to 16", 8)
 
     def make_codec(self, shape):
         return QuantizeCodec(shape, self.bits)

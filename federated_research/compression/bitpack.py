@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-import tensorflow as tf
+from federated_research.lazy import tf
 
 
 def packed_words(n: int, bits: int) -> int:

@@ -19,12 +19,12 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass
 
-import tensorflow as tf
-
-from federated_research.aggregators.bitpack import pack, unpack
-from federated_research.aggregators.codec import Codec, Method
-from federated_research.aggregators.rotated_quantize import check_block_size
-from federated_research.aggregators.rotation import BlockRotation
+from federated_research.compression.bitpack import pack, packed_words, unpack
+from federated_research.compression.codec import Codec
+from federated_research.compression.method import Method
+from federated_research.compression.rotated_quantize import check_block_size
+from federated_research.compression.rotation import BlockRotation
+from federated_research.lazy import tf
 
 
 class DriveCodec(Codec):
@@ -51,6 +51,9 @@ class DriveCodec(Codec):
         signs = tf.reshape(tf.cast(positive, tf.float32) * 2.0 - 1.0, [rotation.blocks, -1])
         return rotation.inverse(signs * message["scales"][:, None], seed)
 
+    def bits(self) -> int:
+        return 32 * packed_words(self.rotation.padded, 1) + 32 * self.rotation.blocks
+
 
 @dataclass
 class Drive(Method):
@@ -60,6 +63,9 @@ class Drive(Method):
     def check(self) -> None:
         super().check()
         check_block_size(self.block_size)
+
+    def is_unbiased(self) -> bool:
+        return self.unbiased
 
     def make_codec(self, shape):
         return DriveCodec(shape, self.block_size, self.unbiased)

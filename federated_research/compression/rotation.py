@@ -24,7 +24,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import tensorflow as tf
+
+from federated_research.lazy import tf
 
 MIN_BLOCK = 256
 

@@ -17,9 +17,10 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass
 
-import tensorflow as tf
-
-from federated_research.aggregators.codec import Codec, Method, Raw, require
+from federated_research.compression.codec import Codec, Raw
+from federated_research.compression.method import Method
+from federated_research.lazy import tf
+from federated_research.options import require
 
 
 class SketchCodec(Codec):
@@ -43,14 +44,19 @@ class SketchCodec(Codec):
         m = tf.matmul(message["sketch"], self._projection(seed), transpose_b=True)
         return tf.reshape(m, [-1])
 
+    def bits(self) -> int:
+        return 32 * self.rows * self.rank
+
 
 @dataclass
 class Sketch(Method):
     rank: int = 16   # columns each matrix is projected onto
 
+    unbiased = True
+
     def check(self) -> None:
         super().check()
-        require(self.rank >= 1, "rank", self.rank, "must be at least 1", "16")
+        require(self.rank >= 1, "rank", self.rank, "must be at least 1", 16)
 
     def make_codec(self, shape):
         if len(shape) < 2 or shape[-1] <= self.rank:

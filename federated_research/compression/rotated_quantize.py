@@ -14,11 +14,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import tensorflow as tf
-
-from federated_research.aggregators.codec import Codec, Method, require
-from federated_research.aggregators.quantize import dequantize_rows, quantize_rows
-from federated_research.aggregators.rotation import BlockRotation
+from federated_research.compression.bitpack import packed_words
+from federated_research.compression.codec import Codec
+from federated_research.compression.method import Method
+from federated_research.compression.quantize import dequantize_rows, quantize_rows
+from federated_research.compression.rotation import BlockRotation
+from federated_research.lazy import tf
+from federated_research.options import require
 
 
 class RotatedQuantizeCodec(Codec):
@@ -26,21 +28,24 @@ class RotatedQuantizeCodec(Codec):
 
     def __init__(self, shape, bits: int, block_size: int) -> None:
         super().__init__(shape)
-        self.bits = bits
+        self.code_bits = bits
         self.rotation = BlockRotation(self.size, block_size)
 
     def encode(self, x, seed):
         z = self.rotation.forward(x, seed)
-        return quantize_rows(z, self.bits, tf.random.experimental.stateless_fold_in(seed, 1))
+        return quantize_rows(z, self.code_bits, tf.random.experimental.stateless_fold_in(seed, 1))
 
     def decode(self, message, seed):
-        z = dequantize_rows(message, self.bits, self.rotation.blocks, self.rotation.block)
+        z = dequantize_rows(message, self.code_bits, self.rotation.blocks, self.rotation.block)
         return self.rotation.inverse(z, seed)
+
+    def bits(self) -> int:
+        return 32 * packed_words(self.rotation.padded, self.code_bits) + 64 * self.rotation.blocks
 
 
 def check_block_size(block_size: int) -> None:
     require(block_size >= 2 and block_size & (block_size - 1) == 0 and block_size <= 2**16,
-            "block_size", block_size, "must be a power of two from 2 to 65536", "4096")
+            "block_size", block_size, "must be a power of two from 2 to 65536", 4096)
 
 
 @dataclass
@@ -48,9 +53,11 @@ class RotatedQuantize(Method):
     bits: int = 2
     block_size: int = 4096   # the largest rotation block; smaller ones where that pads less
 
+    unbiased = True
+
     def check(self) -> None:
         super().check()
-        require(1 <= self.bits <= 16, "bits", self.bits, "must be 1 to 16", "2")
+        require(1 <= self.bits <= 16, "bits", self.bits, "must be 1 to 16", 2)
         check_block_size(self.block_size)
 
     def make_codec(self, shape):

@@ -20,10 +20,11 @@ import collections
 import math
 from dataclasses import dataclass
 
-import tensorflow as tf
-
-from federated_research.aggregators.bitpack import pack, unpack
-from federated_research.aggregators.codec import Codec, Method, require
+from federated_research.compression.bitpack import pack, packed_words, unpack
+from federated_research.compression.codec import Codec
+from federated_research.compression.method import Method
+from federated_research.lazy import tf
+from federated_research.options import require
 
 _SAMPLE_STRIDE = 16
 
@@ -68,15 +69,19 @@ class TopKCodec(Codec):
             indices = unpack(message["positions"], self.index_bits, self.k)[:, None]
         return tf.scatter_nd(indices, message["values"], [self.size])
 
+    def bits(self) -> int:
+        where = self.size if self.bitmap else self.k * self.index_bits
+        return 32 * self.k + 32 * packed_words(where, 1)
+
 
 @dataclass
-class TopK(Method):
+class TopK(Method):  # biased: unbiased stays False
     fraction: float = 0.01   # of each tensor's coordinates kept
 
     def check(self) -> None:
         super().check()
         require(0 < self.fraction <= 1, "fraction", self.fraction,
-                "is the fraction of coordinates kept: in (0, 1]", "0.01")
+                "is the fraction of coordinates kept: in (0, 1]", 0.01)
 
     def make_codec(self, shape):
         return TopKCodec(shape, self.fraction)

@@ -17,9 +17,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import tensorflow as tf
-
-from federated_research.aggregators.codec import Codec
+from federated_research.compression.codec import Codec
+from federated_research.lazy import tf
 
 CHUNK = 32
 
@@ -52,3 +51,6 @@ class SubsampledCodec(Codec):
         full = tf.scatter_nd(self._kept_chunks(seed)[:, None], values,
                              [self.chunks, self.chunk]) * (self.chunks / self.kept)
         return tf.reshape(full, [-1])[:self.size]
+
+    def bits(self) -> int:
+        return self.inner.bits()

@@ -1,0 +1,72 @@
+"""A compression method as a TFF aggregation factory (the uplink adapter).
+
+    clients:  federated_map(encode)              one message per client
+    wire:     federated_aggregate(messages, ...)  the message type is what is counted
+    server:   accumulate = sum of decode(message) over clients, report = reshape
+
+so a method's bits are what its encoder really emits (comm_bits.py reads them
+off the `federated_aggregate` argument type), with nothing to declare by hand.
+`method_aggregator` wraps the sum in TFF's weighted mean, and in TFF's adaptive
+zeroing and clipping when the method's options ask for them.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tensorflow_federated as tff
+from tensorflow_federated.python.core.impl.types import type_conversions
+
+from federated_research.compression.codec import decode_fn, encode_fn, restore
+from federated_research.compression.method import Method
+
+
+def method_aggregator(method: Method) -> tff.aggregators.WeightedAggregationFactory:
+    """The weighted mean of the clients' encoded updates, wrapped as TFF wraps its own."""
+    from tensorflow_federated.python.learning.model_update_aggregator import (
+        _default_clipping,
+        _default_zeroing,
+    )
+
+    factory = tff.aggregators.MeanFactory(CodecSumFactory(method))
+    if method.clipping:
+        factory = _default_clipping(factory)
+    if method.zeroing:
+        factory = _default_zeroing(factory)
+    return factory
+
+
+class CodecSumFactory(tff.aggregators.UnweightedAggregationFactory):
+    """Sum of client values sent through a method's codecs (one per tensor)."""
+
+    def __init__(self, method: Method) -> None:
+        self.method = method
+
+    def create(self, value_type) -> tff.templates.AggregationProcess:
+        specs = type_conversions.type_to_tf_tensor_specs(value_type)
+        codecs = self.method.codecs([tuple(s.shape) for s in tf.nest.flatten(specs)])
+        encode = tff.tensorflow.computation(value_type)(encode_fn(codecs, self.method.seed))
+        message_type = encode.type_signature.result
+        decode = decode_fn(codecs, self.method.seed)
+        zero = tff.tensorflow.computation(lambda: [tf.zeros([c.size], tf.float32) for c in codecs])
+        sum_type = zero.type_signature.result
+
+        @tff.tensorflow.computation(sum_type, message_type)
+        def accumulate(total, message):
+            return [t + x for t, x in zip(total, decode(message), strict=True)]
+
+        @tff.tensorflow.computation(sum_type, sum_type)
+        def merge(a, b):
+            return [x + y for x, y in zip(a, b, strict=True)]
+
+        report = tff.tensorflow.computation(sum_type)(lambda total: restore(total, specs))
+        init_fn = tff.federated_computation(lambda: tff.federated_value((), tff.SERVER))
+
+        @tff.federated_computation(init_fn.type_signature.result,
+                                   tff.FederatedType(value_type, tff.CLIENTS))
+        def next_fn(state, value):
+            messages = tff.federated_map(encode, value)
+            result = tff.federated_aggregate(messages, zero(), accumulate, merge, report)
+            return tff.templates.MeasuredProcessOutput(
+                state, result, tff.federated_value((), tff.SERVER))
+
+        return tff.templates.AggregationProcess(init_fn, next_fn)
