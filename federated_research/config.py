@@ -21,6 +21,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -355,14 +356,17 @@ _BY_TARGET = {cls._target_: cls for _, _, cls in _SCHEMAS
 
 
 def options_class(node: DictConfig) -> type[Options]:
-    """The dataclass that checks a group node: a method's own class, or its option's schema."""
-    import hydra
+    """The dataclass that checks a group node: a method's own class, or its option's schema.
 
+    Only the compression package's targets are imported here: they load without
+    TensorFlow (lazy.py). Any other target (TFF's factories) is known by its schema;
+    a method defined elsewhere is checked when it is built instead.
+    """
     target = node.get("_target_")
     if target in _BY_TARGET:
         return _BY_TARGET[target]
     if str(target).startswith("federated_research.compression."):
-        cls = hydra.utils.get_class(target)  # light: the codecs import TensorFlow on first use
+        cls = hydra.utils.get_class(target)
         if is_method(cls):
             return cls
     return TargetConfig if set(node.keys()) <= {"_target_"} else _Untyped
@@ -375,7 +379,6 @@ class _Untyped(Options):
 
 def validate(cfg: DictConfig) -> None:
     """Check every node of a composed config by its own dataclass, then the cross-node rules."""
-
     for node in ("client_optimizer", "server_optimizer"):
         if not isinstance(cfg[node], DictConfig):  # `server_optimizer=adam` sets a string
             raise ConfigError(f"{node}={cfg[node]}", "an optimizer is picked from the "

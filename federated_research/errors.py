@@ -106,16 +106,22 @@ def one_line(exc: BaseException) -> str:
             return (f"{key}: no such config key ({problem}). Fix: check the spelling, or drop "
                     "the key if the option you picked does not have it "
                     "(`python -m federated_research.train --cfg job` prints every key)")
-        wanted = next((w for t, w in _TYPE_WORDS.items() if f"converted to {t}" in problem),
-                      "a value of the right type")
+        wanted = next((w for t, w in _CONVERSIONS.items() if f"converted to {t}" in problem),
+                      None)
+        if wanted is not None:  # the same words as a method's own dataclass (options.py)
+            return f"{key}={value}: wrong type. Fix: give {key} {wanted}"
         if "expected one of" in problem:
-            wanted = "one of " + problem.split("expected one of", 1)[1].strip()
-        return f"{key}={value}: {problem}. Fix: give {key} {wanted}"
+            return (f"{key}={value}: {problem}. Fix: give {key} one of "
+                    + problem.split("expected one of", 1)[1].strip())
+        return f"{key}={value}: {problem}. Fix: give {key} a value of the right type"
     return _first_line(str(exc))
 
 
-_TYPE_WORDS = {"Float": "a number, e.g. 0.1", "Integer": "a whole number, e.g. 10",
-               "Boolean": "true or false"}
+# How a type is named to a user, by Python's name and by OmegaConf's ("converted to Float").
+TYPE_WORDS = {"int": "a whole number, e.g. 10", "float": "a number, e.g. 0.1",
+              "bool": "true or false", "str": "a string"}
+_CONVERSIONS = {"Float": TYPE_WORDS["float"], "Integer": TYPE_WORDS["int"],
+                "Boolean": TYPE_WORDS["bool"]}
 
 
 def _first_line(text: str) -> str:

@@ -25,7 +25,7 @@ from omegaconf.errors import (
     OmegaConfBaseException,
 )
 
-from federated_research.errors import ConfigError
+from federated_research.errors import TYPE_WORDS, ConfigError
 
 
 def require(ok: bool, key: str, value: object, problem: str, example: object) -> None:
@@ -109,15 +109,11 @@ def join(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
 
 
-_TYPE_WORDS = {"int": "a whole number, e.g. 10", "float": "a number, e.g. 0.1",
-               "bool": "true or false", "str": "a string"}
-
-
 def type_words(cls: type, key: str) -> str:
     """How to describe the type of `cls.key` to a user ("a whole number, e.g. 10")."""
     kind = next((f.type for f in fields(cls) if f.name == key), "value")
     kind = getattr(kind, "__name__", str(kind)).replace(" | None", "")
-    return _TYPE_WORDS.get(kind, f"a {kind}")
+    return TYPE_WORDS.get(kind, f"a {kind}")
 
 
 def _typed(value: object) -> str:

@@ -23,8 +23,11 @@ from omegaconf import DictConfig
 from federated_research.config import CONF_DIR, register_schemas, validate
 from federated_research.errors import DivergedError, config_error_in, exit_for
 from federated_research.process import StartupClock, prepare_process
+from federated_research.report import report_sweep
 from federated_research.resume import RunRecord, check_same_config, resume_argv
 from federated_research.signals import Terminated
+from federated_research.tracking.mlflow_sink import check_reachable, mlflow_ui_hint
+from federated_research.tracking.sweep import end_sweep
 
 log = logging.getLogger("federated_research")
 register_schemas()
@@ -34,8 +37,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Run one job of the composed config; returns the final metrics."""
     job_start = time.time()
     validate(cfg)  # before the heavy imports: bad input fails in a second
-    from federated_research.tracking.mlflow_sink import check_reachable, mlflow_ui_hint
-
     check_reachable(cfg.tracking.mlflow_uri)
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
@@ -82,6 +83,7 @@ def _bits(bits: float) -> str:
 def _build_and_run(cfg: DictConfig, output_dir: Path, started: float, record):
     """Build every part from the config, then run the rounds inside an MLflow run
     (the run's own, reopened, when `record` says this folder's run is resumed)."""
+    # These import TensorFlow and TFF: only once the config has passed its checks.
     from federated_research.build import build_run_parts
     from federated_research.checkpoint import Checkpoints
     from federated_research.evaluation import CentralEvaluator
@@ -151,9 +153,6 @@ def hydra_main(cfg: DictConfig) -> float:
 
 def _end_open_sweep(aborted: str | None) -> None:
     """Close the parent run of a sweep that did not reach its end (no-op otherwise)."""
-    from federated_research.report import report_sweep
-    from federated_research.tracking.sweep import end_sweep
-
     try:
         end_sweep(aborted=aborted, report=None if aborted == "KILLED" else report_sweep)
     except Exception:  # noqa: BLE001 - the original error matters more

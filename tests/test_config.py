@@ -145,3 +145,21 @@ def test_out_of_range_values_are_rejected_naming_the_key(override, key):
     with pytest.raises(ConfigError) as err:
         validate(compose_config(override.split()))
     assert str(err.value).startswith(f"{key}: ") and "Fix: " in str(err.value)
+
+
+@pytest.mark.parametrize(("overrides", "line"), [
+    (["rounds=ten"], "rounds=ten: wrong type. Fix: give rounds a whole number"),
+    (["dataset.alpha=lots"], "dataset.alpha=lots: wrong type. Fix: give dataset.alpha a number"),
+    (["aggregator=quantize", "aggregator.bits=abc"],
+     "aggregator.bits=abc: wrong type. Fix: give aggregator.bits a whole number"),
+    (["aggregator=drive", "aggregator.unbiased=maybe"],
+     "aggregator.unbiased=maybe: wrong type. Fix: give aggregator.unbiased true or false"),
+])
+def test_a_wrong_type_reads_the_same_wherever_it_is_caught(overrides, line):
+    """At composition (a schema) or in validate (a method's own dataclass): one wording."""
+    try:
+        validate(compose_config(overrides))
+    except (ConfigCompositionException, ConfigError) as err:
+        assert one_line(err).startswith(line), one_line(err)
+    else:
+        pytest.fail(f"{overrides} passed")

@@ -33,6 +33,7 @@ def test_site_builds_strict_with_generated_method_tables(tmp_path: Path):
     assert (site / "index.html").is_file()
     methods = (site / "reference" / "methods" / "index.html").read_text(encoding="utf-8")
     assert "method-table:" not in methods, "a marker was left in place: the hook did not run"
+    assert "schema_" not in methods, "an internal schema is shown as an option"
     for stem in _stems("aggregator") + _stems("distributor"):
         row = re.compile(rf"<tr>\s*<td><code>{re.escape(stem)}</code></td>")
         assert row.search(methods), f"no table row for {stem} in reference/methods"

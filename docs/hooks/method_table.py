@@ -91,12 +91,12 @@ def leading_comment(text: str) -> str:
 
 def _chosen(defaults: list) -> list[str]:
     """What a defaults list picks for the user: `override /dataset: emnist` reads
-    `dataset=emnist`, a preset it builds on reads `extends <name>`. Schemas (`/schema/...`)
-    and `_self_` are plumbing and left out."""
+    `dataset=emnist`, a preset it builds on reads `extends <name>`. Schemas
+    (`/schema_<group>_<name>@_here_`) and `_self_` are plumbing and left out."""
     chosen = []
     for entry in defaults:
         if isinstance(entry, str):
-            if entry != "_self_" and not entry.lstrip("/").startswith("schema/"):
+            if entry != "_self_" and not entry.lstrip("/").startswith("schema_"):
                 chosen.append(f"extends `{entry}`")
             continue
         if not isinstance(entry, dict):
