@@ -39,12 +39,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "run_cli" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
-
-    def minutes(item) -> float:  # `@pytest.mark.slow(minutes=1)`: the longest, first of all
-        slow = item.get_closest_marker("slow")
-        return -1.0 if slow is None else slow.kwargs.get("minutes", 0.0)
-
-    items.sort(key=minutes, reverse=True)  # stable: file order within each class
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def compose_config(overrides: list[str] | None = None, hydra_config: bool = False):

@@ -46,7 +46,6 @@ def _weights(folder: Path) -> list[np.ndarray]:
     return tf.keras.models.load_model(folder / "model.keras", compile=False).get_weights()
 
 
-@pytest.mark.slow(minutes=1)  # one of the longest: scheduled first of all
 def test_kill_9_then_resume_equals_a_run_that_never_stopped(tmp_path, mlflow_uri, run_cli):
     """A stochastic compressor, checkpoints every 4 rounds, killed after its second."""
     rounds = 12  # killed at round 8 or 9, resumed from round 8: the last third is redone

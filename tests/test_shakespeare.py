@@ -173,7 +173,7 @@ def test_every_aggregator_trains_the_char_model(cache_dir, aggregator):
         assert up < mean_bits
 
 
-@pytest.mark.slow(minutes=1)  # one of the longest: scheduled first of all
+@pytest.mark.slow
 def test_a_pretrained_file_is_fine_tuned_saved_back_and_generates(tmp_path, cache_dir,
                                                                    mlflow_uri):
     pre = tmp_path / "pre.keras"

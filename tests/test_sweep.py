@@ -169,7 +169,7 @@ def test_the_report_refuses_what_it_cannot_find(mlflow_uri):
         summarise([])
 
 
-@pytest.mark.slow(minutes=1)  # one of the longest: scheduled first of all
+@pytest.mark.slow
 def test_the_ray_launcher_runs_a_sweep_on_a_local_ray(tmp_path, mlflow_uri, run_cli):
     """Hydra's Ray launcher for real: a Ray started on this machine, two jobs at once."""
     done = run_cli("hydra/launcher=ray_cluster", "aggregator=mean,drive", "rounds=1",

@@ -289,7 +289,6 @@ def test_a_signal_marks_the_run_killed_and_stops_the_worker(tmp_path, mlflow_uri
     assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
 
 
-@pytest.mark.slow(minutes=1)  # one of the longest: scheduled first of all
 def test_same_seed_same_metrics_other_seed_other_metrics(tmp_path, mlflow_uri, run_cli):
     done = run_cli("aggregator=mean,compression,drive", "seed=7,7,8", "model=linear", "rounds=2",
                    "clients_per_round=3", "eval_every=1", f"hydra.sweep.dir={tmp_path}/sweep",
