@@ -132,7 +132,7 @@ def reported_errors(metrics) -> dict[str, float]:
 # classes: 2.3 for digits, 4.5 for Shakespeare's 90 ids) means the model puts a
 # probability of e^-230 (digits) on the right answers on average: diverged, even
 # though the number is finite. Healthy runs start near 1x (an untrained model
-# guesses) and fall; docs/explanation/divergence.md has the measurements.
+# guesses) and fall; docs/results.md ("Losses of healthy runs") has the measurements.
 LOSS_LIMIT_OVER_CHANCE = 100
 
 

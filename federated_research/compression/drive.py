@@ -64,8 +64,5 @@ class Drive(Method):
         super().check()
         check_block_size(self.block_size)
 
-    def is_unbiased(self) -> bool:
-        return self.unbiased
-
     def make_codec(self, shape):
         return DriveCodec(shape, self.block_size, self.unbiased)

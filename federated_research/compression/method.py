@@ -32,7 +32,9 @@ class Method(Options, abc.ABC):
     zeroing: bool = False     # TFF's adaptive zeroing of outlier updates (uplink only)
     clipping: bool = False    # TFF's adaptive L2 clipping of updates (uplink only)
 
-    unbiased: ClassVar[bool] = False  # E[decode(encode(x))] = x (a subclass says so)
+    # E[decode(encode(x))] = x: a subclass says so, as a class attribute or, where an
+    # option decides it (drive's `unbiased`), as a field of the same name.
+    unbiased: ClassVar[bool] = False
 
     @abc.abstractmethod
     def make_codec(self, shape: tuple[int, ...]) -> Codec:
@@ -44,7 +46,7 @@ class Method(Options, abc.ABC):
                 "is the fraction of coordinates sent: in (0, 1]", 0.5)
 
     def is_unbiased(self) -> bool:
-        """Whether this method, with these options, is unbiased (some options change it)."""
+        """Whether this method, with these options, is unbiased."""
         return self.unbiased
 
     def codec(self, shape: tuple[int, ...]) -> Codec:
