@@ -16,9 +16,11 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from federated_research.algorithms import CLIENT_LOOP
 from federated_research.comm_bits import comm_cost
+from federated_research.data.client_examples import ClientExamples, lean
 from federated_research.errors import ConfigError
-from federated_research.loop import ClientExamples, sample_clients
+from federated_research.loop import sample_clients
 from federated_research.models import ModelSpec
 from federated_research.seeds import Stream
 
@@ -74,7 +76,7 @@ class FederatedEvaluator:
                               f"{len(self._client_ids)} test clients",
                               f"pass fed_eval.clients={len(self._client_ids)} or fewer")
         self._model, self._test, self._clients = model, test_clients, clients
-        self._examples = ClientExamples(test_clients, model.task)  # traced once per client
+        self._examples = ClientExamples(test_clients, model.task)  # decoded once per client
         self._batch_size, self._seed = batch_size, seed
         with tf.Graph().as_default():
             probe = model.tff_model_fn()
@@ -83,7 +85,7 @@ class FederatedEvaluator:
                 lambda t: tff.types.tensorflow_to_type(tf.TensorSpec(t.shape, t.dtype)),
                 probe.report_local_unfinalized_metrics()), collections.OrderedDict)
         self.process = tff.learning.algorithms.build_fed_eval(
-            model.tff_model_fn,
+            model.tff_model_fn, loop_implementation=CLIENT_LOOP,
             metrics_aggregation_process=pooled_and_per_client(finalizers, unfinalized_type,
                                                               clients))
         self._state = self.process.initialize()
@@ -93,7 +95,7 @@ class FederatedEvaluator:
                  round_num: int) -> dict[str, float]:
         sampled = sample_clients(self._client_ids, self._clients, self._seed, round_num,
                                  stream=Stream.FED_EVAL)
-        datasets = [self._examples(c).batch(self._batch_size) for c in sampled]
+        datasets = [lean(self._examples(c).batch(self._batch_size)) for c in sampled]
         state = self.process.set_model_weights(self._state, weights)
         output = self.process.next(state, datasets)
         current = output.metrics["client_work"]["eval"]["current_round_metrics"]

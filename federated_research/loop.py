@@ -12,6 +12,7 @@ import tensorflow_federated as tff
 
 from federated_research.algorithms import FederatedAlgorithm
 from federated_research.comm_bits import RoundComm
+from federated_research.data.client_examples import ClientExamples, lean
 from federated_research.data.federated_data import FederatedData
 from federated_research.models import ModelSpec
 from federated_research.resources import rss_metrics
@@ -76,32 +77,13 @@ def sample_clients(client_ids: list[str], k: int, seed: int, round_num: int,
     return [client_ids[i] for i in picked]
 
 
-class ClientExamples:
-    """Each client's preprocessed examples, built the first time the client is sampled.
-
-    Building a pipeline with a Python function traces it into TensorFlow's
-    context for good (preprocessing.py); rebuilding every sampled client's
-    pipeline each round grew the run by 0.75 MiB a round and its TFF worker with
-    it. Only the round's shuffle, repeat and batch are new each round.
-    """
-
-    def __init__(self, client_data: tff.simulation.datasets.ClientData, task) -> None:
-        self._client_data, self._task = client_data, task
-        self._examples: dict[str, tf.data.Dataset] = {}
-
-    def __call__(self, client_id: str) -> tf.data.Dataset:
-        if client_id not in self._examples:
-            self._examples[client_id] = self._task.examples(
-                self._client_data.create_tf_dataset_for_client(client_id))
-        return self._examples[client_id]
-
-
 def client_datasets(data: FederatedData, sampled: list[str], spec: LoopSpec,
                     round_num: int, examples: ClientExamples | None = None) -> list:
     """The round's client datasets, each shuffled by its own seed (round, position)."""
     examples = examples or ClientExamples(data.train, data.task)
-    return [data.task.batches(examples(cid), spec.epochs, spec.batch_size, spec.shuffle_buffer,
-                              seed=int_seed(spec.seed, Stream.SHUFFLE, round_num, i))
+    return [lean(data.task.batches(examples(cid), spec.epochs, spec.batch_size,
+                                   spec.shuffle_buffer,
+                                   seed=int_seed(spec.seed, Stream.SHUFFLE, round_num, i)))
             for i, cid in enumerate(sampled)]
 
 
@@ -109,8 +91,8 @@ def pooled_batches(pooled: tf.data.Dataset, data: FederatedData, spec: LoopSpec,
                    shuffle_buffer: int, round_num: int) -> tf.data.Dataset:
     """The centralised baseline's round: every training example (`pooled`, the
     pooled task's examples), shuffled by the round's seed with a large buffer."""
-    return data.task.pooled().batches(pooled, spec.epochs, spec.batch_size, shuffle_buffer,
-                                      seed=int_seed(spec.seed, Stream.SHUFFLE, round_num))
+    return lean(data.task.pooled().batches(pooled, spec.epochs, spec.batch_size, shuffle_buffer,
+                                           seed=int_seed(spec.seed, Stream.SHUFFLE, round_num)))
 
 
 def reported_errors(metrics) -> dict[str, float]:
@@ -219,7 +201,11 @@ def round_inputs(parts: RunParts) -> Callable[[int], tuple[list[str], object]]:
 
     def clients(round_num: int) -> tuple[list[str], list]:
         sampled = sample_clients(client_ids, spec.clients_per_round, spec.seed, round_num)
-        return sampled, client_datasets(data, sampled, spec, round_num, examples)
+        datasets = client_datasets(data, sampled, spec, round_num, examples)
+        if round_num + 1 < spec.rounds:  # decoded while this round trains
+            examples.prefetch(sample_clients(client_ids, spec.clients_per_round, spec.seed,
+                                             round_num + 1))
+        return sampled, datasets
 
     return clients
 

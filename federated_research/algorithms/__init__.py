@@ -14,6 +14,15 @@ from federated_research.distributors.plain import PlainBroadcast
 from federated_research.models import ModelSpec
 from federated_research.seeds import Stream, int_seed
 
+# The client's training loop as a while-loop over the dataset's iterator, not TFF's
+# default `dataset.reduce`. TFF's worker runs a client's computation in a TensorFlow
+# session whose ReduceDataset op instantiates the loop body, the whole training step,
+# again on every call: graph conversion and oneDNN's layout pass each time (perf in the
+# worker). A while-loop's body is instantiated once per session. Same steps, same
+# order: the same numbers bit for bit, in a third less time on the CNN
+# (docs/explanation/round-time.md).
+CLIENT_LOOP = tff.learning.LoopImplementation.DATASET_ITERATOR
+
 
 @dataclass(frozen=True)
 class FederatedAlgorithm:

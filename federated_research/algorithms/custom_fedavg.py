@@ -87,8 +87,10 @@ def local_training(model: tff.learning.models.VariableModel,
         return num_examples + tf.cast(output.num_examples, tf.int64), optimizer_state
 
     specs = tuple(tf.TensorSpec(v.shape, v.dtype) for v in trainable)
-    start = (tf.constant(0, tf.int64), optimizer.initialize(specs))
-    num_examples, _ = dataset.reduce(start, train_on_batch)
+    state = (tf.constant(0, tf.int64), optimizer.initialize(specs))
+    for batch in dataset:  # a while-loop, not dataset.reduce (see algorithms.CLIENT_LOOP)
+        state = train_on_batch(state, batch)
+    num_examples, _ = state
     delta = tf.nest.map_structure(tf.subtract, initial.trainable, weights.trainable)
     return ClientOutput(delta, tf.cast(num_examples, tf.float32),
                         model.report_local_unfinalized_metrics())

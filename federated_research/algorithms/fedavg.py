@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow_federated as tff
 
-from federated_research.algorithms import FederatedAlgorithm, tff_algorithm
+from federated_research.algorithms import CLIENT_LOOP, FederatedAlgorithm, tff_algorithm
 from federated_research.distributors import Distributor
 from federated_research.models import ModelSpec
 
@@ -17,4 +17,5 @@ def build_fedavg(model: ModelSpec, client_optimizer: tff.learning.optimizers.Opt
     return tff_algorithm(lambda distribution: tff.learning.algorithms.build_weighted_fed_avg(
         model.tff_model_fn, client_optimizer_fn=client_optimizer,
         server_optimizer_fn=server_optimizer, model_distributor=distribution,
-        model_aggregator=aggregator), model, aggregator, distributor)
+        model_aggregator=aggregator, loop_implementation=CLIENT_LOOP), model, aggregator,
+        distributor)

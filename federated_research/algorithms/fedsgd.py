@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow_federated as tff
 
-from federated_research.algorithms import FederatedAlgorithm, tff_algorithm
+from federated_research.algorithms import CLIENT_LOOP, FederatedAlgorithm, tff_algorithm
 from federated_research.clipping import GradientClipping
 from federated_research.distributors import Distributor
 from federated_research.errors import ConfigError
@@ -27,5 +27,6 @@ def build_fedsgd(model: ModelSpec, client_optimizer: tff.learning.optimizers.Opt
                           "use client.update_clip_norm, which clips the gradient a client sends")
     return tff_algorithm(lambda distribution: tff.learning.algorithms.build_fed_sgd(
         model.tff_model_fn, server_optimizer_fn=server_optimizer,
-        model_distributor=distribution, model_aggregator=aggregator), model, aggregator,
+        model_distributor=distribution, model_aggregator=aggregator,
+        loop_implementation=CLIENT_LOOP), model, aggregator,
         distributor)

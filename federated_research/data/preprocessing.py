@@ -5,7 +5,7 @@ pipeline (`map`): tf.data traces such a function into TensorFlow's context each
 time a pipeline is built, and the context keeps it for the life of the process
 (about 70 KiB a dataset; 0.75 MiB a round of 10 clients, for ever). `batches`
 only shuffles, repeats and batches, which traces nothing, so the loop builds a
-client's examples once (loop.ClientExamples) and its round's batches from them.
+client's examples once (client_examples.ClientExamples) and its round's batches from them.
 """
 
 from __future__ import annotations

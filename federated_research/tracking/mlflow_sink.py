@@ -183,6 +183,7 @@ class MlflowSink:
         self.uri, self.delivery_timeout = uri, delivery.timeout
         self.sync_hint, self.retry_seconds = delivery.sync_hint, delivery.retry_seconds
         self._pending: deque[tuple[int, list]] = deque()  # (step, [Metric]) in order
+        self._files: deque[tuple[str, str]] = deque()  # (path, artifact_path) in order
         self._retry_at = 0.0
         self._down: str | None = None  # why the store stopped answering
         self._logged: Logged = set()
@@ -241,27 +242,35 @@ class MlflowSink:
 
     @logging_preserved()
     def _deliver(self, force: bool = False) -> bool:
-        """Send the queue in order; False (and a retry later) when the store does not answer."""
+        """Send the queue in order, metrics then files; False (and a retry later) when
+        the store does not answer."""
         if self._down is not None and not force and time.monotonic() < self._retry_at:
             return False
-        while self._pending:
-            step, batch = self._pending[0]
-            try:
+        try:
+            while self._pending:
+                step, batch = self._pending[0]
                 for i in range(0, len(batch), 1000):  # MLflow's limit per batch
                     self.client.log_batch(self.run_id, metrics=batch[i:i + 1000])
-            except Exception as err:  # noqa: BLE001 - sorted out by _unreachable
-                if not _unreachable(err):
-                    raise
-                if self._down is None:
-                    log.warning("MLflow at %s stopped answering at round %d (%s); training "
-                                "goes on, metrics are kept and sent when it is back",
-                                self.uri, step, _first_line(err))
-                self._down = _first_line(err)
-                self._retry_at = time.monotonic() + self.retry_seconds
-                return False
-            self._pending.popleft()
+                self._pending.popleft()
+            while self._files:
+                self.client.log_artifact(self.run_id, *self._files[0])
+                self._files.popleft()
+        except Exception as err:  # noqa: BLE001 - sorted out by _unreachable
+            if not _unreachable(err):
+                raise
+            if self._pending and self._down is None:
+                log.warning("MLflow at %s stopped answering at round %d (%s); training "
+                            "goes on, metrics are kept and sent when it is back",
+                            self.uri, self._pending[0][0], _first_line(err))
+            elif self._down is None:
+                log.warning("MLflow did not receive %s (%s); it is in the output folder, "
+                            "and is sent when MLflow is back", self._files[0][0],
+                            _first_line(err))
+            self._down = _first_line(err)
+            self._retry_at = time.monotonic() + self.retry_seconds
+            return False
         if self._down is not None:
-            log.warning("MLflow at %s is back: every queued metric is delivered", self.uri)
+            log.warning("MLflow at %s is back: everything queued is delivered", self.uri)
             self._down = None
         return True
 
@@ -270,26 +279,26 @@ class MlflowSink:
         return self._deliver(force=True)
 
     def undelivered(self) -> str:
-        """What the store has not received, e.g. '46 values of rounds 12-19'."""
+        """The metrics the store has not received, e.g. '46 values of rounds 12-19'."""
         steps = [step for step, _ in self._pending]
         values = sum(len(batch) for _, batch in self._pending)
         return f"{values} values of rounds {min(steps)}-{max(steps)}" if steps else ""
 
-    @logging_preserved()
+    def _undelivered_files(self) -> str:
+        return ", ".join(Path(path).name for path, _ in self._files)
+
     def log_file(self, path, artifact_path: str) -> None:
-        try:
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
-        except Exception as err:  # noqa: BLE001
-            if not _unreachable(err):
-                raise
-            log.warning("MLflow did not receive %s (%s); it is in the output folder",
-                        path, _first_line(err))
+        """Queue a file of the run (it waits, like metrics, while the store is away)."""
+        self._files.append((str(path), artifact_path))
+        self._deliver()
 
     def close(self, status: str) -> None:
         deadline = time.monotonic() + self.delivery_timeout
-        if self._pending and self._down is not None:
+        if (self._pending or self._files) and self._down is not None:
             log.warning("waiting up to %.0f s for MLflow at %s to deliver %s",
-                        self.delivery_timeout, self.uri, self.undelivered())
+                        self.delivery_timeout, self.uri,
+                        " and ".join(filter(None, [self.undelivered(),
+                                                   self._undelivered_files()])))
         while not self._deliver(force=True) and time.monotonic() < deadline:
             time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
         try:
@@ -301,9 +310,11 @@ class MlflowSink:
             self._down = self._down or _first_line(err)
         if self._down is not None:
             missing = self.undelivered()
+            files = self._undelivered_files()
             log.error("MLflow at %s did not receive %sthe run's end (%s): %s. Everything is in "
-                      "the run's metrics.jsonl; send it with: %s", self.uri,
-                      f"{missing} nor " if missing else "", status, self._down, self.sync_hint)
+                      "the run's metrics.jsonl; send it with: %s%s", self.uri,
+                      f"{missing} nor " if missing else "", status, self._down, self.sync_hint,
+                      f" ({files} stayed in the output folder)" if files else "")
 
 
 def _unreachable(err: BaseException) -> bool:
