@@ -91,8 +91,8 @@ def pooled_batches(pooled: tf.data.Dataset, data: FederatedData, spec: LoopSpec,
                    shuffle_buffer: int, round_num: int) -> tf.data.Dataset:
     """The centralised baseline's round: every training example (`pooled`, the
     pooled task's examples), shuffled by the round's seed with a large buffer."""
-    return lean(data.task.pooled().batches(pooled, spec.epochs, spec.batch_size, shuffle_buffer,
-                                           seed=int_seed(spec.seed, Stream.SHUFFLE, round_num)))
+    return data.task.pooled().batches(pooled, spec.epochs, spec.batch_size, shuffle_buffer,
+                                      seed=int_seed(spec.seed, Stream.SHUFFLE, round_num))
 
 
 def reported_errors(metrics) -> dict[str, float]:
@@ -188,26 +188,41 @@ class Evaluations:
         return metrics
 
 
-def round_inputs(parts: RunParts) -> Callable[[int], tuple[list[str], object]]:
-    """round -> (its sampled clients, what `process.next` trains on)."""
-    data, spec, algorithm = parts.data, parts.spec, parts.algorithm
-    if algorithm.pooled_shuffle_buffer is not None:  # the centralised baseline
-        pooled = data.task.pooled().examples(
-            data.train.create_tf_dataset_from_all_clients(seed=spec.seed))
-        return lambda round_num: ([], pooled_batches(
-            pooled, data, spec, algorithm.pooled_shuffle_buffer, round_num))
-    client_ids = list(data.train.client_ids)
-    examples = ClientExamples(data.train, data.task)
+class RoundInputs:
+    """round -> (its sampled clients, what `process.next` trains on).
 
-    def clients(round_num: int) -> tuple[list[str], list]:
-        sampled = sample_clients(client_ids, spec.clients_per_round, spec.seed, round_num)
-        datasets = client_datasets(data, sampled, spec, round_num, examples)
+    Clients' examples are decoded once (client_examples.ClientExamples), the next
+    round's while this one trains; `close` stops decoding ahead.
+    """
+
+    def __init__(self, parts: RunParts) -> None:
+        self.data, self.spec, self.algorithm = parts.data, parts.spec, parts.algorithm
+        self.client_ids = list(self.data.train.client_ids)
+        self.examples = ClientExamples(self.data.train, self.data.task)
+        self.pooled = None
+        if self.algorithm.pooled_shuffle_buffer is not None:  # the centralised baseline
+            self.pooled = self.data.task.pooled().examples(
+                self.data.train.create_tf_dataset_from_all_clients(seed=self.spec.seed))
+
+    def __call__(self, round_num: int) -> tuple[list[str], object]:
+        spec = self.spec
+        if self.pooled is not None:
+            return [], pooled_batches(self.pooled, self.data, spec,
+                                      self.algorithm.pooled_shuffle_buffer, round_num)
+        sampled = sample_clients(self.client_ids, spec.clients_per_round, spec.seed, round_num)
+        datasets = client_datasets(self.data, sampled, spec, round_num, self.examples)
         if round_num + 1 < spec.rounds:  # decoded while this round trains
-            examples.prefetch(sample_clients(client_ids, spec.clients_per_round, spec.seed,
-                                             round_num + 1))
+            self.examples.prefetch(sample_clients(self.client_ids, spec.clients_per_round,
+                                                  spec.seed, round_num + 1))
         return sampled, datasets
 
-    return clients
+    def close(self) -> None:
+        self.examples.close()
+
+
+def round_inputs(parts: RunParts) -> RoundInputs:
+    """round -> (its sampled clients, what `process.next` trains on)."""
+    return RoundInputs(parts)
 
 
 def round_metrics(output, comm: RoundComm, run: RunState, clients: int,
@@ -240,7 +255,18 @@ def run_rounds(parts: RunParts, run: RunState, evaluations: Evaluations, tracker
         initial = evaluations.central(process.get_model_weights(run.state))
         tracker.log_metrics({k.replace("eval/", "eval_initial/", 1): v
                              for k, v in initial.items()}, step=0)
-    inputs, limit = round_inputs(parts), loss_limit(parts.data.num_classes)
+    inputs = round_inputs(parts)
+    try:
+        _train(parts, run, evaluations, tracker, save, inputs)
+    finally:
+        inputs.close()  # an error or a signal does not wait for clients decoded ahead
+    return run
+
+
+def _train(parts: RunParts, run: RunState, evaluations: Evaluations, tracker: Tracker,
+           save, inputs: RoundInputs) -> None:
+    process, spec = parts.algorithm.process, parts.spec
+    limit = loss_limit(parts.data.num_classes)
     for round_num in range(run.next_round, spec.rounds):
         start = time.perf_counter()
         sampled, round_data = inputs(round_num)
@@ -255,4 +281,3 @@ def run_rounds(parts: RunParts, run: RunState, evaluations: Evaluations, tracker
         run.advance(output.state, metrics, seconds)  # logged: only now does the round count
         if save is not None:
             save(run)
-    return run

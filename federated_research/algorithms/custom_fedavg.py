@@ -88,7 +88,7 @@ def local_training(model: tff.learning.models.VariableModel,
 
     specs = tuple(tf.TensorSpec(v.shape, v.dtype) for v in trainable)
     state = (tf.constant(0, tf.int64), optimizer.initialize(specs))
-    for batch in dataset:  # a while-loop, not dataset.reduce (see algorithms.CLIENT_LOOP)
+    for batch in iter(dataset):  # a while-loop; `for batch in dataset` would be a reduce
         state = train_on_batch(state, batch)
     num_examples, _ = state
     delta = tf.nest.map_structure(tf.subtract, initial.trainable, weights.trainable)

@@ -91,6 +91,19 @@ class ClientExamples:
             return kept
         return tf.data.Dataset.from_tensor_slices(kept)
 
+    def wait(self) -> None:
+        """Wait until every client asked for in `prefetch` is decoded."""
+        for future in list(self._pending.values()):
+            future.exception()
+
+    def close(self) -> None:
+        """Stop decoding ahead: what has not started is dropped (it is decoded again when
+        asked for), so that an error or a signal does not wait for it."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+        self._pending = {cid: f for cid, f in self._pending.items() if not f.cancelled()}
+
     @property
     def nbytes(self) -> int:
         """Bytes of the decoded examples kept so far."""

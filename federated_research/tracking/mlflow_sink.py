@@ -247,16 +247,12 @@ class MlflowSink:
         if self._down is not None and not force and time.monotonic() < self._retry_at:
             return False
         try:
-            while self._pending:
-                step, batch = self._pending[0]
-                for i in range(0, len(batch), 1000):  # MLflow's limit per batch
-                    self.client.log_batch(self.run_id, metrics=batch[i:i + 1000])
-                self._pending.popleft()
-            while self._files:
-                self.client.log_artifact(self.run_id, *self._files[0])
-                self._files.popleft()
+            self._send_metrics()
+            self._send_files()
         except Exception as err:  # noqa: BLE001 - sorted out by _unreachable
             if not _unreachable(err):
+                if self._files and not self._pending:
+                    self._files.popleft()  # refused, not unreachable: never retried
                 raise
             if self._pending and self._down is None:
                 log.warning("MLflow at %s stopped answering at round %d (%s); training "
@@ -273,6 +269,22 @@ class MlflowSink:
             log.warning("MLflow at %s is back: everything queued is delivered", self.uri)
             self._down = None
         return True
+
+    def _send_metrics(self) -> None:
+        while self._pending:
+            _, batch = self._pending[0]
+            for i in range(0, len(batch), 1000):  # MLflow's limit per batch
+                self.client.log_batch(self.run_id, metrics=batch[i:i + 1000])
+            self._pending.popleft()
+
+    def _send_files(self) -> None:
+        while self._files:
+            path, artifact_path = self._files[0]
+            if Path(path).is_file():
+                self.client.log_artifact(self.run_id, path, artifact_path)
+            else:  # gone from the output folder: nothing to send
+                log.warning("%s no longer exists; MLflow does not get it", path)
+            self._files.popleft()
 
     def flush(self) -> bool:
         """Try to deliver the queue now; whether it is empty."""
@@ -294,26 +306,32 @@ class MlflowSink:
 
     def close(self, status: str) -> None:
         deadline = time.monotonic() + self.delivery_timeout
-        if (self._pending or self._files) and self._down is not None:
-            log.warning("waiting up to %.0f s for MLflow at %s to deliver %s",
-                        self.delivery_timeout, self.uri,
-                        " and ".join(filter(None, [self.undelivered(),
-                                                   self._undelivered_files()])))
-        while not self._deliver(force=True) and time.monotonic() < deadline:
-            time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
+        ended = False
         try:
-            with logging_preserved():
-                self.client.set_terminated(self.run_id, status)
-        except Exception as err:  # noqa: BLE001
-            if not _unreachable(err):
-                raise
-            self._down = self._down or _first_line(err)
+            if (self._pending or self._files) and self._down is not None:
+                log.warning("waiting up to %.0f s for MLflow at %s to deliver %s",
+                            self.delivery_timeout, self.uri,
+                            " and ".join(filter(None, [self.undelivered(),
+                                                       self._undelivered_files()])))
+            while not self._deliver(force=True) and time.monotonic() < deadline:
+                time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
+        finally:  # the run ends in the store whatever happened to its queue
+            try:
+                with logging_preserved():
+                    self.client.set_terminated(self.run_id, status)
+                ended = True
+            except Exception as err:  # noqa: BLE001
+                if not _unreachable(err):
+                    raise
+                self._down = self._down or _first_line(err)
         if self._down is not None:
-            missing = self.undelivered()
             files = self._undelivered_files()
-            log.error("MLflow at %s did not receive %sthe run's end (%s): %s. Everything is in "
-                      "the run's metrics.jsonl; send it with: %s%s", self.uri,
-                      f"{missing} nor " if missing else "", status, self._down, self.sync_hint,
+            missing = [m for m in (self.undelivered(), files) if m]
+            if not ended:
+                missing.append(f"the run's end ({status})")
+            log.error("MLflow at %s did not receive %s: %s. Everything is in the run's "
+                      "metrics.jsonl; send it with: %s%s", self.uri, " nor ".join(missing),
+                      self._down, self.sync_hint,
                       f" ({files} stayed in the output folder)" if files else "")
 
 
