@@ -91,6 +91,7 @@ def main() -> None:
 
 def _bench(cfgs: dict, rounds: int) -> dict:
     from federated_research.build import build_run_parts
+    from federated_research.data.client_examples import ClientExamples
     from federated_research.loop import client_datasets, sample_clients
 
     first = next(iter(cfgs.values()))
@@ -100,11 +101,14 @@ def _bench(cfgs: dict, rounds: int) -> dict:
     results = {m: {"seconds": [], "up": p.comm.model.up, "down": p.comm.model.down}
                for m, p in parts.items()}
     client_ids = list(data.train.client_ids)
+    examples = ClientExamples(data.train, data.task)  # decoded once, shared by every method
     for round_num in range(rounds + 1):
         sampled = sample_clients(client_ids, first.clients_per_round, first.seed, round_num)
+        for client_id in sampled:  # decoded before timing: the methods' rounds are compared
+            examples(client_id)
         for method, p in parts.items():
             start = time.perf_counter()
-            datasets = client_datasets(data, sampled, p.spec, round_num)
+            datasets = client_datasets(data, sampled, p.spec, round_num, examples)
             states[method] = p.algorithm.process.next(states[method], datasets).state
             results[method]["seconds"].append(time.perf_counter() - start)
         print(f"round {round_num}: " + ", ".join(
