@@ -220,11 +220,6 @@ class RoundInputs:
         self.examples.close()
 
 
-def round_inputs(parts: RunParts) -> RoundInputs:
-    """round -> (its sampled clients, what `process.next` trains on)."""
-    return RoundInputs(parts)
-
-
 def round_metrics(output, comm: RoundComm, run: RunState, clients: int,
                   seconds: float) -> dict[str, float]:
     """A round's training metrics, bits (and their running totals), errors, time, memory."""
@@ -255,7 +250,7 @@ def run_rounds(parts: RunParts, run: RunState, evaluations: Evaluations, tracker
         initial = evaluations.central(process.get_model_weights(run.state))
         tracker.log_metrics({k.replace("eval/", "eval_initial/", 1): v
                              for k, v in initial.items()}, step=0)
-    inputs = round_inputs(parts)
+    inputs = RoundInputs(parts)
     try:
         _train(parts, run, evaluations, tracker, save, inputs)
     finally:

@@ -19,7 +19,7 @@ variant, then round r+1, so that a busy machine slows all of them alike):
 * +while_loop   - the same with the framework's client loop (algorithms.CLIENT_LOOP)
                   and model weights created as zeros (models.ModelSpec.tff_model_fn).
 * +lean         - ... and tf.data's per-iterator rewrites and autotuning off.
-* framework     - the framework's round (loop.round_inputs: examples decoded once,
+* framework     - the framework's round (loop.RoundInputs: examples decoded once,
                   the next round's clients decoded while this one trains, lean
                   pipelines, weights created as zeros) and its bit accounting: what
                   a run pays. It runs first in each round and its time includes
@@ -148,7 +148,7 @@ def bench(cfg, rounds: int, warm: bool) -> dict[str, list[float]]:
 
     from federated_research.build import build_run_parts
     from federated_research.data.client_examples import lean
-    from federated_research.loop import RunState, round_inputs, round_metrics
+    from federated_research.loop import RoundInputs, RunState, round_metrics
     from federated_research.seeds import Stream, int_seed
 
     parts = build_run_parts(cfg)
@@ -173,7 +173,7 @@ def bench(cfg, rounds: int, warm: bool) -> dict[str, list[float]]:
               "+while_loop": parts.initial_state, "+lean": parts.initial_state,
               "framework": parts.initial_state}
     floor = Floor(parts, cfg)
-    inputs = round_inputs(parts)
+    inputs = RoundInputs(parts)
     seconds: dict[str, list[float]] = {v: [] for v in VARIANTS}
     run = RunState(state=parts.initial_state)
     if warm:

@@ -103,9 +103,3 @@ class ClientExamples:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
         self._pending = {cid: f for cid, f in self._pending.items() if not f.cancelled()}
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the decoded examples kept so far."""
-        return sum(t.numpy().nbytes for kept in self._kept.values()
-                   if not isinstance(kept, tf.data.Dataset) for t in tf.nest.flatten(kept))
