@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import hydra
 from omegaconf import DictConfig
 
@@ -25,10 +28,15 @@ def build_run_parts(cfg: DictConfig) -> RunParts:
                           f"the dataset has only {data.num_clients} training clients",
                           f"pass clients_per_round={data.num_clients} or fewer")
     model = build_model(cfg.model, data.input_shape, data.num_classes, data.task)
-    aggregator = clip_updates(build_aggregator(cfg.aggregator), cfg.client.update_clip_norm)
+    participation = cfg.clients_per_round / data.num_clients  # EF21's and SCAFFOLD's share
+    aggregator = clip_updates(build_aggregator(cfg.aggregator, participation),
+                              cfg.client.update_clip_norm)
     if cfg.log_update_error:
         aggregator = with_update_error(aggregator)
-    algorithm = hydra.utils.instantiate(cfg.algorithm, _partial_=True)(
+    builder = hydra.utils.instantiate(cfg.algorithm, _partial_=True)
+    if "participation" in inspect.signature(builder.func).parameters:
+        builder = functools.partial(builder, participation=participation)
+    algorithm = builder(
         model=model, aggregator=aggregator,
         distributor=build_distributor(cfg.distributor),
         client_optimizer=clip_gradients(hydra.utils.instantiate(cfg.client_optimizer),

@@ -11,7 +11,9 @@ What is saved is everything a round changes:
   * the learning process's state, flattened: model weights, client and server
     optimizer state, distributor and aggregator state (error feedback, norms);
   * the round counter, the cumulative bits both ways, the round times and the
-    latest metrics (for summary.json), as one JSON string.
+    latest metrics (for summary.json), as one JSON string;
+  * what clients remember, when they do (error feedback, SCAFFOLD): the
+    client-state store, one file per client in `client_state/` (client_state.py).
 Random draws need no saved generator state: sampling, shuffling, initialisation
 and every compressor's randomness derive from (seed, stream, round) or from the
 content being encoded (seeds.py, aggregators/codec.py), so round r after a
@@ -32,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from federated_research.client_state import STORE_DIR, WRITTEN_FILE, ClientStateStore
 from federated_research.errors import ConfigError
 from federated_research.loop import RunState
 from federated_research.seeds import Stream
@@ -66,6 +69,8 @@ class NumpyStateManager(tff.program.FileProgramStateManager):
             f.flush()
             os.fsync(f.fileno())
         (temp / META_FILE).write_text(program_state["meta"])
+        if program_state.get("clients") is not None:  # what clients remember (client_state.py)
+            program_state["clients"].save(temp / STORE_DIR)
         os.rename(temp, path)
         await self._remove_old_program_state()
 
@@ -113,22 +118,23 @@ class Checkpoints:
                 "startup_seconds": run.startup_seconds,
                 "rng": {"seed": self.seed, "streams": {s.name: int(s) for s in Stream}}}
         leaves = [np.asarray(leaf) for leaf in tf.nest.flatten(run.state)]
-        asyncio.run(self.manager.save({"server": leaves, "meta": json.dumps(meta)},
-                                      run.next_round))
+        asyncio.run(self.manager.save({"server": leaves, "meta": json.dumps(meta),
+                                       "clients": run.clients}, run.next_round))
         self.saved_round = run.next_round
         return self.path(run.next_round)
 
-    def resume(self, initial_state: object, rounds: int) -> RunState:
+    def resume(self, initial_state: object, rounds: int,
+               clients: ClientStateStore | None = None) -> RunState:
         """Where a resumed run starts: its newest checkpoint, or round 0 without one."""
         done = self.latest()
         where = self.root.parent
         if done is None:  # stopped before its first checkpoint: again from round 0, same run
             log.info("resuming %s at round 0 (no checkpoint yet)", where)
-            return RunState(initial_state)
+            return RunState(initial_state, clients=clients)
         if rounds < done:
             raise ConfigError(f"rounds={rounds}", f"the run already did {done} rounds",
                               f"pass rounds={done} or more (or resume without rounds=)")
-        run = self.load(initial_state, done)
+        run = self.load(initial_state, done, clients)
         log.info("resuming %s: %d of %d rounds done (checkpoint %s)", where, done, rounds,
                  self.path(done).name)
         return run
@@ -159,9 +165,10 @@ class Checkpoints:
         versions = asyncio.run(self.manager.get_versions())
         return max(versions) if versions else None
 
-    def load(self, template_state: object, version: int | None = None) -> RunState:
+    def load(self, template_state: object, version: int | None = None,
+             clients: ClientStateStore | None = None) -> RunState:
         """Checkpoint `version` (the newest by default) as a RunState, its process state
-        packed like `template_state`."""
+        packed like `template_state`, and the client states put back into `clients`."""
         version = self.latest() if version is None else version
         if version is None:
             raise FileNotFoundError(f"no checkpoint in {self.root}")
@@ -173,6 +180,11 @@ class Checkpoints:
                 for a, b in zip(leaves, template, strict=True)):
             raise ValueError(f"{self.path(version)} holds the state of another model or "
                              "algorithm")
+        if clients is not None:
+            if not (self.path(version) / STORE_DIR / WRITTEN_FILE).is_file():
+                raise ValueError(f"{self.path(version)} holds no client states, so it is not "
+                                 "a checkpoint of this algorithm")
+            clients.load(self.path(version) / STORE_DIR)
         meta = json.loads(saved["meta"])
         self.saved_round = version
         state = tf.nest.pack_sequence_as(template_state, [
@@ -182,4 +194,4 @@ class Checkpoints:
                         broadcasted_bits=meta["broadcasted_bits"],
                         aggregated_bits=meta["aggregated_bits"],
                         round_seconds=list(meta["round_seconds"]), last=meta["last"],
-                        startup_seconds=meta["startup_seconds"])
+                        startup_seconds=meta["startup_seconds"], clients=clients)

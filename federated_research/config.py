@@ -275,6 +275,16 @@ class FedEvalConfig(Options):
 
 
 @dataclass
+class ClientStateConfig(Options):
+    store: str = "memory"
+
+    def check(self) -> None:
+        require(self.store in ("memory", "disk"), "store", self.store,
+                "must be memory or disk (one file per client in the run's output folder)",
+                "disk")
+
+
+@dataclass
 class LoopConfig(Options):
     """The run's own keys: rounds, sampling, evaluation, checkpoints."""
 
@@ -317,6 +327,7 @@ class Config(LoopConfig):
     tracking: Any = MISSING
     client: ClientConfig = field(default_factory=ClientConfig)
     fed_eval: FedEvalConfig = field(default_factory=FedEvalConfig)
+    client_state: ClientStateConfig = field(default_factory=ClientStateConfig)
 
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -387,7 +398,7 @@ def validate(cfg: DictConfig) -> None:
     loop = {key: cfg[key] for key in LoopConfig.__dataclass_fields__ if key in cfg}
     build_options(LoopConfig, loop, "")
     for key, cls in (("client", ClientConfig), ("fed_eval", FedEvalConfig),
-                     ("tracking", TrackingConfig)):
+                     ("client_state", ClientStateConfig), ("tracking", TrackingConfig)):
         build_options(cls, cfg[key], key)
     for key in GROUP_NODES:
         cls = options_class(cfg[key])

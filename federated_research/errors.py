@@ -103,9 +103,7 @@ def one_line(exc: BaseException) -> str:
         if not key:
             return problem
         if isinstance(cause, ConfigAttributeError | ConfigKeyError):
-            return (f"{key}: no such config key ({problem}). Fix: check the spelling, or drop "
-                    "the key if the option you picked does not have it "
-                    "(`python -m federated_research.train --cfg job` prints every key)")
+            return _no_such_key(key, problem)
         wanted = next((w for t, w in _CONVERSIONS.items() if f"converted to {t}" in problem),
                       None)
         if wanted is not None:  # the same words as a method's own dataclass (options.py)
@@ -116,6 +114,27 @@ def one_line(exc: BaseException) -> str:
         return f"{key}={value}: {problem}. Fix: give {key} a value of the right type"
     return _first_line(str(exc))
 
+
+def _no_such_key(key: str, problem: str) -> str:
+    if key in KEY_HINTS:
+        return f"{key}: {KEY_HINTS[key]}"
+    return (f"{key}: no such config key ({problem}). Fix: check the spelling, or drop the key "
+            "if the option you picked does not have it "
+            "(`python -m federated_research.train --cfg job` prints every key)")
+
+
+# Keys that exist for some options of a group only: what to say when the option picked
+# does not have them.
+KEY_HINTS = {
+    "aggregator.error_feedback": "this aggregator keeps no client memory: mean sends the "
+    "update exactly, and TFF's own aggregators (tff_compression, compression) are not "
+    "methods of this library. Fix: pick a compression method, e.g. aggregator=topk "
+    "aggregator.error_feedback=ef14 (or quantize, rotated_quantize, drive, subsampled, sketch)",
+    "distributor.error_feedback": "downlink error feedback (EF21-P) needs every client to "
+    "receive every broadcast, and a run samples clients: a returning client's copy of the "
+    "model would be stale. Fix: drop distributor.error_feedback (aggregator.error_feedback "
+    "exists)",
+}
 
 # How a type is named to a user, by Python's name and by OmegaConf's ("converted to Float").
 TYPE_WORDS = {"int": "a whole number, e.g. 10", "float": "a number, e.g. 0.1",

@@ -7,10 +7,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
 from federated_research.algorithms import FederatedAlgorithm
+from federated_research.client_state import ClientStateStore, MemoryStore
 from federated_research.comm_bits import RoundComm
 from federated_research.data.client_examples import ClientExamples, lean
 from federated_research.data.federated_data import FederatedData
@@ -60,9 +62,12 @@ class RunState:
     round_seconds: list[float] = field(default_factory=list)
     last: dict[str, float] = field(default_factory=dict)
     startup_seconds: float = float("nan")
+    clients: ClientStateStore | None = None  # what clients remember, if they do
 
     def advance(self, state: object, metrics: dict[str, float], seconds: float) -> None:
         """The round whose metrics these are is logged: it counts (and may be saved)."""
+        if self.clients is not None:
+            self.clients.commit()  # the round's client states, staged by the loop
         self.state, self.next_round = state, self.next_round + 1
         self.broadcasted_bits = metrics["comm/broadcasted_bits_cumulative"]
         self.aggregated_bits = metrics["comm/aggregated_bits_cumulative"]
@@ -235,6 +240,24 @@ def round_metrics(output, comm: RoundComm, run: RunState, clients: int,
             **rss_metrics()}
 
 
+def next_round(process, run: RunState, round_data, sampled: list[str],
+               round_num: int) -> tuple[object, dict[str, float]]:
+    """`process.next` for the round; for a process whose clients keep state, with the
+    sampled clients' states read from the store, and the new ones staged in it.
+    Returns the output and the `client_state/*` metrics."""
+    store = run.clients
+    if store is None:
+        return process.next(run.state, round_data), {}
+    metrics = store.metrics(sampled, round_num)
+    template = process.initial_client_state
+    states = [tf.nest.pack_sequence_as(template, leaves) for leaves in store.read(sampled)]
+    output = process.next(run.state, round_data, states)
+    store.write(sampled, [tf.nest.flatten(state) for state in output.client_state], round_num)
+    for key, values in output.client_metrics.items():  # e.g. error feedback's residual norm
+        metrics[f"client_state/{key}"] = float(np.mean(values))
+    return output, metrics
+
+
 def run_rounds(parts: RunParts, run: RunState, evaluations: Evaluations, tracker: Tracker,
                save: Callable[[RunState], object] | None = None) -> RunState:
     """Train from `run.next_round` to `parts.spec.rounds`, logging every round at step = round.
@@ -250,6 +273,9 @@ def run_rounds(parts: RunParts, run: RunState, evaluations: Evaluations, tracker
         initial = evaluations.central(process.get_model_weights(run.state))
         tracker.log_metrics({k.replace("eval/", "eval_initial/", 1): v
                              for k, v in initial.items()}, step=0)
+    if run.clients is None and parts.algorithm.client_state is not None:
+        run.clients = MemoryStore(tf.nest.flatten(parts.algorithm.client_state),
+                                  list(parts.data.train.client_ids))
     inputs = RoundInputs(parts)
     try:
         _train(parts, run, evaluations, tracker, save, inputs)
@@ -265,9 +291,10 @@ def _train(parts: RunParts, run: RunState, evaluations: Evaluations, tracker: Tr
     for round_num in range(run.next_round, spec.rounds):
         start = time.perf_counter()
         sampled, round_data = inputs(round_num)
-        output = process.next(run.state, round_data)
+        output, client_metrics = next_round(process, run, round_data, sampled, round_num)
         seconds = time.perf_counter() - start
         metrics = round_metrics(output, parts.comm, run, len(sampled), seconds)
+        metrics.update(client_metrics)
         metrics.update(evaluations.after_round(process, output.state, spec, round_num))
         tracker.log_metrics(metrics, step=round_num)
         bad = divergence(metrics, len(sampled), limit)

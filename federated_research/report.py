@@ -175,9 +175,13 @@ def _labels(configs: dict[tuple, list[Run]]) -> dict[tuple, str]:
     for key, p, first in zip(keys, params, firsts, strict=True):
         parts = [first.choices.get(g, "?") for g in groups
                  if not (g == "distributor" and first.choices.get(g) == "plain")]
-        shown = [n for n in differing
-                 if n.split(".")[0] not in groups and not n.endswith("._target_")]
-        for n in shown:  # keys under a group whose option differs are said by the option
+        # Keys under a group whose option differs are said by the option, unless they
+        # also differ between configurations of the same option (topk at 1% and 0.1%).
+        siblings = [q for q, f in zip(params, firsts, strict=True)
+                    if all(f.choices.get(g) == first.choices.get(g) for g in groups)]
+        shown = [n for n in differing if not n.endswith("._target_") and (
+            n.split(".")[0] not in groups or len({q.get(n) for q in siblings}) > 1)]
+        for n in shown:
             parts.append(f"{key_label(n, shown)}{value_text(_number(p.get(n, '-')))}")
         labels[key] = "-".join(parts) or first.choices.get("aggregator", "run")
     return labels

@@ -86,6 +86,7 @@ def _build_and_run(cfg: DictConfig, output_dir: Path, started: float, record):
     # These import TensorFlow and TFF: only once the config has passed its checks.
     from federated_research.build import build_run_parts
     from federated_research.checkpoint import Checkpoints
+    from federated_research.client_state import build_store
     from federated_research.evaluation import CentralEvaluator
     from federated_research.loop import Diverged, Evaluations, RunState, run_rounds
     from federated_research.models import save_keras
@@ -95,8 +96,10 @@ def _build_and_run(cfg: DictConfig, output_dir: Path, started: float, record):
     parts = build_run_parts(cfg)
     checkpoints = Checkpoints(output_dir, every=cfg.checkpoint_every, keep=cfg.checkpoint_keep,
                               seed=cfg.seed)
-    run = (checkpoints.resume(parts.initial_state, cfg.rounds) if record is not None
-           else RunState(parts.initial_state))
+    clients = build_store(cfg.client_state.store, parts.algorithm.client_state,
+                          list(parts.data.train.client_ids), output_dir)
+    run = (checkpoints.resume(parts.initial_state, cfg.rounds, clients) if record is not None
+           else RunState(parts.initial_state, clients=clients))
     evaluate = CentralEvaluator(parts.model, parts.data.test, batch_size=cfg.eval_batch_size)
     fed_evaluate = None
     if cfg.fed_eval.every > 0:

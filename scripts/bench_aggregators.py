@@ -5,9 +5,12 @@
     .venv/bin/python scripts/bench_aggregators.py compression drive topk --rounds 8
     .venv/bin/python scripts/bench_aggregators.py "quantize:bits=2" "drive:zeroing=false"
     .venv/bin/python scripts/bench_aggregators.py "mean+quantize" --set model=linear
+    .venv/bin/python scripts/bench_aggregators.py topk "topk:error_feedback=ef14" \
+        "topk:error_feedback=ef14@disk"
 
 A method is an aggregator option, optionally with `:key=value,...` overrides of its
-node, optionally followed by `+<distributor option>` (downlink). All methods train
+node, optionally followed by `+<distributor option>` (downlink) and by `@disk` (its
+clients' states in the disk store; the memory store otherwise). All methods train
 the same model from the same initial weights on the same clients each round, in
 the same process and TFF worker; rounds are interleaved (round r of every method,
 then round r+1) so that a busy machine slows all of them alike. The first round
@@ -31,7 +34,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def _method_overrides(method: str) -> list[str]:
-    """`drive:bits=1,zeroing=false+quantize` -> Hydra overrides."""
+    """`drive:bits=1,zeroing=false+quantize@disk` -> Hydra overrides."""
+    method, _, store = method.partition("@")
     uplink, _, downlink = method.partition("+")
     name, _, args = uplink.partition(":")
     overrides = [f"aggregator={name}"]
@@ -40,7 +44,7 @@ def _method_overrides(method: str) -> list[str]:
         name, _, args = downlink.partition(":")
         overrides += [f"distributor={name}"]
         overrides += [f"distributor.{kv}" for kv in args.split(",") if kv]
-    return overrides
+    return overrides + ([f"client_state.store={store}"] if store else [])
 
 
 def _all_aggregators() -> list[str]:
@@ -90,14 +94,20 @@ def main() -> None:
 
 
 def _bench(cfgs: dict, rounds: int) -> dict:
+    import tempfile
+
     from federated_research.build import build_run_parts
+    from federated_research.client_state import build_store
     from federated_research.data.client_examples import ClientExamples
-    from federated_research.loop import client_datasets, sample_clients
+    from federated_research.loop import RunState, client_datasets, next_round, sample_clients
 
     first = next(iter(cfgs.values()))
     parts = {m: build_run_parts(cfg) for m, cfg in cfgs.items()}
     data = parts["mean"].data
-    states = {m: p.initial_state for m, p in parts.items()}
+    folder = tempfile.TemporaryDirectory()  # the disk stores' files
+    runs = {m: RunState(p.initial_state, clients=build_store(
+        cfgs[m].client_state.store, p.algorithm.client_state, list(data.train.client_ids),
+        Path(folder.name) / str(i))) for i, (m, p) in enumerate(parts.items())}
     results = {m: {"seconds": [], "up": p.comm.model.up, "down": p.comm.model.down}
                for m, p in parts.items()}
     client_ids = list(data.train.client_ids)
@@ -109,10 +119,24 @@ def _bench(cfgs: dict, rounds: int) -> dict:
         for method, p in parts.items():
             start = time.perf_counter()
             datasets = client_datasets(data, sampled, p.spec, round_num, examples)
-            states[method] = p.algorithm.process.next(states[method], datasets).state
+            run = runs[method]  # reads and stages the clients' states, if they keep any
+            run.state = next_round(p.algorithm.process, run, datasets, sampled, round_num)[
+                0].state
+            if run.clients is not None:
+                run.clients.commit()
             results[method]["seconds"].append(time.perf_counter() - start)
         print(f"round {round_num}: " + ", ".join(
             f"{m} {r['seconds'][-1]:.2f}s" for m, r in results.items()), flush=True)
+    for method, run in runs.items():  # what the stores hold after the rounds
+        if run.clients is not None:
+            results[method].update(clients_stored=len(run.clients.written),
+                                   state_bytes=run.clients.state_bytes(),
+                                   memory_bytes=run.clients.memory_bytes(),
+                                   disk_bytes=run.clients.disk_bytes())
+            print(f"{method}: {len(run.clients.written)} clients' states of "
+                  f"{run.clients.state_bytes():,} bytes; store {run.clients.memory_bytes():,} "
+                  f"bytes in memory, {run.clients.disk_bytes():,} on disk")
+    folder.cleanup()
     return results
 
 

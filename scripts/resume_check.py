@@ -3,6 +3,7 @@
 
     .venv/bin/python scripts/resume_check.py rounds=40 checkpoint_every=10
     .venv/bin/python scripts/resume_check.py --kill-at 25 aggregator=drive rounds=40
+    .venv/bin/python scripts/resume_check.py algorithm=scaffold client_state.store=disk
 
 Runs `python -m federated_research.train <overrides>` three times, as a user
 would, with its own MLflow store under --out: once through; once killed with
@@ -10,13 +11,15 @@ SIGKILL as soon as it has logged round --kill-at (default: half the rounds);
 then `resume=<that run's MLflow id>`. Prints the killed run's MLflow status
 before the resume, the checkpoint it resumed from, and the comparison: the
 largest difference between the two final models' weights and between every
-metric the two MLflow runs hold (all but time/* and system/*), and whether any
-step was logged twice or is missing. Exits 1 if they differ.
+metric the two MLflow runs hold (all but time/* and system/*), between the
+clients' states in the two runs' last checkpoints (error feedback, SCAFFOLD), and
+whether any step was logged twice or is missing. Exits 1 if they differ.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -53,6 +56,33 @@ def _history(client, run_id: str) -> tuple[dict[str, dict[int, float]], list[str
             twice.append(key)
         history[key] = {m.step: m.value for m in values}
     return history, twice
+
+
+def _client_states(folder: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """The newest checkpoint's client states: when each was written, and every file."""
+    saved = sorted((folder / "checkpoints").glob("round_*"), key=lambda p: int(p.name[6:]))
+    states = saved[-1] / "client_state" if saved else None
+    if states is None or not states.is_dir():
+        return {}, {}
+    return (json.loads((states / "written.json").read_text()),
+            {p.name: np.load(p) for p in states.glob("*.npy")})
+
+
+def _compare_client_states(whole: Path, killed: Path) -> float:
+    """Print how the two runs' last client states compare; the largest difference."""
+    (want_written, want_states), (got_written, got_states) = (
+        _client_states(whole), _client_states(killed))
+    if not (want_states or got_states):
+        return 0.0
+    same_files = sorted(want_states) == sorted(got_states)
+    diff = max((float(np.max(np.abs(want_states[n] - got_states[n]), initial=0))
+                for n in want_states), default=0.0) if same_files else float("inf")
+    if want_written != got_written:
+        diff = float("inf")
+    print(f"client states: {len(want_written)} clients' states in the last checkpoint, "
+          f"{len(want_states)} files; max |resumed - uninterrupted| = {diff:g}; rounds they "
+          f"were written in {'equal' if want_written == got_written else 'DIFFER'}")
+    return diff
 
 
 def main() -> None:
@@ -122,9 +152,8 @@ def main() -> None:
     metric_diff = max((abs(got[k][s] - v) for k in keys if k not in missing
                        for s, v in want[k].items()), default=0.0)
     print(f"model weights: max |resumed - uninterrupted| = {weight_diff:g}")
-    print(f"{len(keys)} metrics x their steps: max difference {metric_diff:g}; steps logged "
-          f"twice: {', '.join(twice) or 'none'}; steps missing: {', '.join(missing) or 'none'}")
-    if weight_diff or metric_diff or twice or missing:
+    state_diff = _compare_client_states(whole, killed)
+    if weight_diff or metric_diff or state_diff or twice or missing:
         sys.exit(1)
 
 

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from federated_research.build import build_run_parts
 from federated_research.checkpoint import Checkpoints
+from federated_research.client_state import build_store
 from federated_research.errors import ConfigError
 from federated_research.evaluation import CentralEvaluator
 from federated_research.loop import Evaluations, RunState, run_rounds
@@ -43,10 +44,14 @@ def _journal_history(folder) -> dict[int, dict[str, float]]:
     return history
 
 
-def _train(parts, folder, rounds: int, checkpoint_every: int, resume: bool):
-    """The loop with the run's real sinks (journal, TensorBoard) and checkpoints."""
+def _train(parts, folder, rounds: int, checkpoint_every: int, resume: bool, store: str):
+    """The loop with the run's real sinks (journal, TensorBoard), checkpoints and
+    client-state store."""
     checkpoints = Checkpoints(folder, checkpoint_every, keep=2, seed=parts.spec.seed)
-    run = checkpoints.load(parts.initial_state) if resume else RunState(parts.initial_state)
+    clients = build_store(store, parts.algorithm.client_state,
+                          list(parts.data.train.client_ids), folder)
+    run = (checkpoints.load(parts.initial_state, clients=clients) if resume
+           else RunState(parts.initial_state, clients=clients))
     evaluate = CentralEvaluator(parts.model, parts.data.test, 500)
     spec = parts.spec.__class__(**{**parts.spec.__dict__, "rounds": rounds})
     with Tracker([MetricJournal(folder), TensorBoardSink(folder / "tb", resume=resume)]) as tracker:
@@ -55,15 +60,25 @@ def _train(parts, folder, rounds: int, checkpoint_every: int, resume: bool):
     return run, checkpoints
 
 
-@pytest.fixture(scope="module", params=["mean", "drive"])
+STATEFUL = {  # clients that remember: their states are checkpointed and restored too
+    "topk-ef14": (["aggregator=topk", "aggregator.error_feedback=ef14"], "memory"),
+    "scaffold-drive-disk": (["algorithm=scaffold", "aggregator=drive"], "disk"),
+}
+
+
+@pytest.fixture(scope="module", params=["mean", "drive", *STATEFUL])
 def resumed_and_whole(request, tmp_path_factory):
     """One run of ROUNDS rounds, and one that stops after 3 and is resumed from its
     checkpoint (saved every 2 rounds and at the end) in a freshly built process."""
-    overrides = [*TINY, f"aggregator={request.param}"]
+    extra, store = STATEFUL.get(request.param, ([f"aggregator={request.param}"], "memory"))
+    overrides = [*TINY, *extra]
     whole_dir, split_dir = (tmp_path_factory.mktemp(n) for n in ("whole", "split"))
-    whole, _ = _train(build_run_parts(compose_config(overrides)), whole_dir, ROUNDS, 2, False)
-    first, saved = _train(build_run_parts(compose_config(overrides)), split_dir, 3, 2, False)
-    resumed, _ = _train(build_run_parts(compose_config(overrides)), split_dir, ROUNDS, 2, True)
+    whole, _ = _train(build_run_parts(compose_config(overrides)), whole_dir, ROUNDS, 2, False,
+                      store)
+    first, saved = _train(build_run_parts(compose_config(overrides)), split_dir, 3, 2, False,
+                          store)
+    resumed, _ = _train(build_run_parts(compose_config(overrides)), split_dir, ROUNDS, 2, True,
+                        store)
     return request.param, whole, whole_dir, first, saved, resumed, split_dir
 
 
@@ -82,6 +97,15 @@ def test_a_resumed_run_equals_one_that_never_stopped(resumed_and_whole):
     assert _deterministic(_journal_history(split_dir)) == whole_history
     if aggregator == "drive":  # the stochastic compressor has an error to compare
         assert whole_history[ROUNDS - 1]["comm/update_mse"] > 0
+    if aggregator in STATEFUL:  # every client's memory, bit for bit, and when it was written
+        assert whole.clients.written == resumed.clients.written and whole.clients.written
+        for cid in whole.clients.written:
+            for a, b in zip(whole.clients.read([cid])[0], resumed.clients.read([cid])[0],
+                            strict=True):
+                np.testing.assert_array_equal(a, b)
+        assert any(np.any(leaf) for cid in whole.clients.written
+                   for leaf in whole.clients.read([cid])[0])
+        assert whole_history[ROUNDS - 1]["client_state/mean_staleness"] >= 1
 
 
 def test_tensorboard_curves_go_on_without_a_step_twice(resumed_and_whole):

@@ -120,6 +120,8 @@ def test_multirun_gives_one_run_per_job_side_by_side(tmp_path, mlflow_uri, run_c
     (["model=keras_file"], "error: model.path: model=keras_file needs the saved model"),
     (["aggregator=drive", "aggregator.block_size=1000"],
      "error: aggregator.block_size=1000: must be a power of two"),
+    (["aggregator.error_feedback=ef14"],
+     "error: aggregator.error_feedback: this aggregator keeps no client memory"),
 ])
 def test_bad_input_is_one_line_exit_2_and_no_running_run(tmp_path, mlflow_uri, run_cli,
                                                          overrides, expected):
@@ -155,6 +157,39 @@ def test_compressed_both_ways_logs_fewer_bits_and_the_errors(tmp_path, mlflow_ur
     # The linear model starts at zero, which quantises exactly; updates never do.
     assert _history(client, run_id, "comm/broadcast_mse")[0] == 0
     assert _history(client, run_id, "comm/update_nmse")[0] > 0
+
+
+def test_client_memory_is_tracked_checkpointed_and_resumed_from_disk(tmp_path, mlflow_uri,
+                                                                    run_cli):
+    """EF21 with the disk store: client_state/* in MLflow and TensorBoard alike, the
+    states in files and in every checkpoint, and a resumed run that goes on from them."""
+    out = tmp_path / "out"
+    args = ["aggregator=topk", "aggregator.error_feedback=ef21", "client_state.store=disk",
+            "model=linear", "dataset.num_clients=4", "clients_per_round=3", "checkpoint_every=1",
+            f"hydra.run.dir={out}"]
+    done = run_cli(*args, "rounds=2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["round_1", "round_2"]
+    written = json.loads((out / "checkpoints" / "round_2" / "client_state" / "written.json")
+                         .read_text())
+    assert set(written.values()) <= {0, 1} and len(written) >= 3
+    files = list((out / "client_state").glob("*.npy"))
+    assert len(files) == 2 * len(written)  # the EF21 estimate of the kernel and of the bias
+    done = run_cli(f"resume={out}", "rounds=3")
+    assert done.returncode == 0, done.stderr[-3000:]
+    client, runs = _runs(mlflow_uri)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    run_id = runs[0].info.run_id
+    board = _tensorboard(out / "tensorboard")
+    for key in ("client_state/fraction_with_state", "client_state/disk_bytes",
+                "client_state/residual_norm", "client_state/memory_bytes"):
+        logged = _history(client, run_id, key)
+        assert sorted(logged) == [0, 1, 2], key
+        assert board[key] == pytest.approx(logged, rel=1e-6), key
+    assert _history(client, run_id, "client_state/memory_bytes") == {0: 0, 1: 0, 2: 0}
+    assert _history(client, run_id, "client_state/disk_bytes")[2] >= sum(
+        f.stat().st_size for f in files) > 0
+    assert _history(client, run_id, "client_state/mean_staleness")[2] >= 1  # 3 of 4 return
 
 
 def test_missing_cache_error_names_the_file_to_put_there(tmp_path, run_cli):

@@ -8,19 +8,28 @@ that returns one), built as is.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import hydra
 import tensorflow_federated as tff
 from omegaconf import DictConfig
 
 from federated_research.aggregators.codec_sum import method_aggregator
 from federated_research.aggregators.error import UpdateErrorFactory
-from federated_research.compression.method import build_method, is_method
+from federated_research.aggregators.error_feedback import ErrorFeedbackFactory
+from federated_research.compression.method import build_method, check_uplink, is_method
 
 
-def build_aggregator(cfg: DictConfig) -> tff.aggregators.WeightedAggregationFactory:
-    """The uplink: a weighted aggregation factory for the model update."""
+def build_aggregator(cfg: DictConfig, participation: float = 1.0):
+    """The uplink: a weighted aggregation factory for the model update, or, for a method
+    with `error_feedback`, an ErrorFeedbackFactory (whose clients keep state).
+    `participation` (clients a round over the population) is EF21's p."""
     if is_method(hydra.utils.get_object(cfg._target_)):
-        return method_aggregator(build_method(cfg, "aggregator"))
+        method = build_method(cfg, "aggregator")
+        check_uplink(method)
+        if method.error_feedback != "none":
+            return ErrorFeedbackFactory(method, method.error_feedback, participation)
+        return method_aggregator(method)
     factory = hydra.utils.instantiate(cfg)
     if not isinstance(factory, tff.aggregators.WeightedAggregationFactory):
         raise TypeError(f"aggregator {cfg._target_} built a {type(factory).__name__}; "
@@ -30,6 +39,8 @@ def build_aggregator(cfg: DictConfig) -> tff.aggregators.WeightedAggregationFact
 
 def with_update_error(factory: tff.aggregators.WeightedAggregationFactory):
     """Wrap a lossy factory so the run logs comm/update_mse; the exact mean stays as is."""
+    if isinstance(factory, ErrorFeedbackFactory):
+        return replace(factory, log_error=True)
     inner = getattr(factory, "_value_sum_factory", None)  # MeanFactory's sum of values
     if type(factory) is tff.aggregators.MeanFactory and type(inner) is tff.aggregators.SumFactory:
         return factory

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
 from federated_research.aggregators.error import UpdateErrorFactory
+from federated_research.aggregators.error_feedback import ErrorFeedbackFactory
 from federated_research.comm_bits import CommCost, RoundComm, round_comm
 from federated_research.distributors.plain import PlainBroadcast
 from federated_research.models import ModelSpec
@@ -24,6 +26,35 @@ from federated_research.seeds import Stream, int_seed
 CLIENT_LOOP = tff.learning.LoopImplementation.DATASET_ITERATOR
 
 
+class StatefulOutput(NamedTuple):
+    """A round of a process whose clients keep state: the server's new state and
+    metrics, as a LearningProcessOutput, plus each sampled client's new state and
+    what it measured (CLIENTS-placed: lists, one entry per client, in Python)."""
+
+    state: object
+    metrics: object
+    client_state: object
+    client_metrics: object
+
+
+class ClientStatefulProcess(tff.templates.IterativeProcess):
+    """A learning process whose clients remember: `next(state, client_data, client_state)`.
+
+    TFF's LearningProcess takes exactly (state, data) and returns SERVER-placed
+    values only; this template adds a CLIENTS-placed state argument and result and
+    keeps its model-weights accessors. `initial_client_state` is what a client
+    never sampled before starts from (numpy arrays, the client-state store's
+    template; client_state/store.py).
+    """
+
+    def __init__(self, initialize_fn, next_fn, get_model_weights, set_model_weights,
+                 initial_client_state) -> None:
+        super().__init__(initialize_fn, next_fn, next_is_multi_arg=True)
+        self.get_model_weights = get_model_weights
+        self.set_model_weights = set_model_weights
+        self.initial_client_state = initial_client_state
+
+
 @dataclass(frozen=True)
 class FederatedAlgorithm:
     """The learning process plus the parts whose traffic is the model's.
@@ -31,7 +62,8 @@ class FederatedAlgorithm:
     The loop runs `process`; the bit accounting measures `distributor` and
     `aggregation` on their own to tell model traffic from control traffic, and
     `diagnostics` (simulation-only measurements such as the update error) to
-    keep their traffic out of both.
+    keep their traffic out of both. `extra_model_parts` are more model-sized
+    traffic an algorithm sends (SCAFFOLD's control variates, both ways).
 
     `pooled_shuffle_buffer` is set only by the centralised baseline
     (centralized.py): its rounds train on all training clients' data pooled,
@@ -42,13 +74,19 @@ class FederatedAlgorithm:
     aggregation: tff.templates.MeasuredProcess | None
     diagnostics: tuple[tff.templates.MeasuredProcess, ...] = ()
     pooled_shuffle_buffer: int | None = None
+    extra_model_parts: tuple[tff.templates.IterativeProcess, ...] = ()  # e.g. SCAFFOLD's c
+
+    @property
+    def client_state(self) -> object | None:
+        """What a new client's state is (numpy arrays), or None: its clients keep none."""
+        return getattr(self.process, "initial_client_state", None)
 
     def round_comm(self):
         """The bits of a round, read off the built computations (comm_bits.py)."""
         if self.pooled_shuffle_buffer is not None:  # centralised: nothing crosses a network
             return RoundComm(CommCost(), 0, 0)
         return round_comm(self.process, self.distributor, self.aggregation,
-                          diagnostics=self.diagnostics)
+                          *self.extra_model_parts, diagnostics=self.diagnostics)
 
 
 def aggregation_parts(aggregator: tff.aggregators.WeightedAggregationFactory, value_type,
@@ -56,6 +94,9 @@ def aggregation_parts(aggregator: tff.aggregators.WeightedAggregationFactory, va
     """The aggregation process without diagnostics, and the diagnostics' own traffic."""
     if isinstance(aggregator, UpdateErrorFactory):
         return (aggregator.inner.create(value_type, weight_type),
+                (aggregator.diagnostic_process(value_type, weight_type),))
+    if isinstance(aggregator, ErrorFeedbackFactory) and aggregator.log_error:
+        return (aggregator.measured_part().create(value_type, weight_type),
                 (aggregator.diagnostic_process(value_type, weight_type),))
     return aggregator.create(value_type, weight_type), ()
 

@@ -13,7 +13,7 @@ as four steps; they are the four numbered lines of `next_fn` below:
 
 TensorFlow code (what runs on one device) lives in `tff.tensorflow.computation`s;
 the federated computation only moves values between SERVER and CLIENTS. That
-separation is what lets the bit accounting (aggregators/comm_bits.py) read the
+separation is what lets the bit accounting (comm_bits.py) read the
 traffic off this process exactly as off TFF's own builders: every transfer is a
 federated intrinsic with a static type.
 
@@ -23,6 +23,13 @@ With server SGD at learning rate 1 this process reaches the same weights as
 `tff.learning.algorithms.build_weighted_fed_avg` (tests/test_algorithms.py).
 It leaves out what TFF's builder adds for robustness: zeroing a client whose
 update is not finite, and rejecting a non-finite server update.
+
+Clients that remember. With an uplink whose clients keep state between the rounds
+they are sampled in (`aggregator.error_feedback`), the round is `stateful_next_fn`:
+the same four lines, with each client's state coming in beside its data and going
+out beside its update, both CLIENTS-placed. The loop keeps the states between
+rounds in the client-state store (client_state.py). A new algorithm whose clients
+keep state of their own follows scaffold.py, this module with control variates.
 """
 
 from __future__ import annotations
@@ -34,7 +41,13 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from federated_research.algorithms import FederatedAlgorithm, aggregation_parts
+from federated_research.aggregators.error_feedback import ClientStatefulAggregation
+from federated_research.algorithms import (
+    ClientStatefulProcess,
+    FederatedAlgorithm,
+    StatefulOutput,
+    aggregation_parts,
+)
 from federated_research.distributors import Distributor
 from federated_research.distributors.plain import PlainBroadcast
 from federated_research.models import ModelSpec
@@ -96,20 +109,33 @@ def local_training(model: tff.learning.models.VariableModel,
                         model.report_local_unfinalized_metrics())
 
 
+def tensor_specs(types) -> tuple[tf.TensorSpec, ...]:
+    """TensorSpecs of a struct of tensor types (what optimizers initialise from)."""
+    return tuple(tf.TensorSpec(t.shape, t.dtype) for t in types)
+
+
+def model_types(model: ModelSpec) -> tuple[tff.Type, tff.Type, object]:
+    """The model's weights type, a client's data type and the metrics' finalizers."""
+    weights_type = tff.learning.models.weights_type_from_model(model.tff_model_fn)
+    with tf.Graph().as_default():  # a throwaway model, only to read types off it
+        probe = model.tff_model_fn()
+        data_type = tff.SequenceType(tff.types.tensorflow_to_type(probe.input_spec))
+        return weights_type, data_type, probe.metric_finalizers()
+
+
 def build_custom_fedavg(model: ModelSpec, client_optimizer: tff.learning.optimizers.Optimizer,
                         server_optimizer: tff.learning.optimizers.Optimizer,
                         aggregator: tff.aggregators.WeightedAggregationFactory,
                         distributor: Distributor | None = None,
                         proximal_strength: float = 0.0) -> FederatedAlgorithm:
-    """FedAvg as a `tff.learning.templates.LearningProcess` built from Federated Core parts
-    (FedProx with `proximal_strength` > 0)."""
+    """FedAvg as a learning process built from Federated Core parts (FedProx with
+    `proximal_strength` > 0).
+
+    Its rounds are `next_fn` below; with an aggregator whose clients keep state
+    (error feedback) they are `stateful_next_fn`, the same four steps.
+    """
     # --- types: what a model's weights, a client's data and its metrics look like
-    weights_type = tff.learning.models.weights_type_from_model(model.tff_model_fn)
-    with tf.Graph().as_default():  # a throwaway model, only to read types off it
-        probe = model.tff_model_fn()
-        batch_type = tff.types.tensorflow_to_type(probe.input_spec)
-        metric_finalizers = probe.metric_finalizers()
-    data_type = tff.SequenceType(batch_type)
+    weights_type, data_type, metric_finalizers = model_types(model)
 
     # --- the parts the run chose: downlink, uplink, metrics aggregation
     distribution = (distributor or PlainBroadcast()).create(weights_type)
@@ -128,8 +154,7 @@ def build_custom_fedavg(model: ModelSpec, client_optimizer: tff.learning.optimiz
 
     @tff.tensorflow.computation
     def initial_optimizer_state():
-        return server_optimizer.initialize(
-            tuple(tf.TensorSpec(t.shape, t.dtype) for t in weights_type.trainable))
+        return server_optimizer.initialize(tensor_specs(weights_type.trainable))
 
     optimizer_state_type = initial_optimizer_state.type_signature.result
 
@@ -150,12 +175,8 @@ def build_custom_fedavg(model: ModelSpec, client_optimizer: tff.learning.optimiz
 
     state_type = initialize_fn.type_signature.result
 
-    @tff.federated_computation(state_type, tff.FederatedType(data_type, tff.CLIENTS))
-    def next_fn(state, client_data):
-        sent = distribution.next(state.distributor, state.model)                         # 1
-        trained = tff.federated_map(client_update, (sent.result, client_data))           # 2
-        averaged = aggregation.next(state.aggregator, trained.delta, trained.weight)     # 3
-        new_model, optimizer_state = tff.federated_map(                                   # 4
+    def server_step(state, sent, trained, averaged):                                    # 4
+        new_model, optimizer_state = tff.federated_map(
             server_update, (state.model, state.optimizer, averaged.result))
         new_state = tff.federated_zip(ServerState(new_model, optimizer_state, sent.state,
                                                   averaged.state))
@@ -173,10 +194,50 @@ def build_custom_fedavg(model: ModelSpec, client_optimizer: tff.learning.optimiz
     def set_model_weights(state, model_weights):
         return ServerState(model_weights, state.optimizer, state.distributor, state.aggregator)
 
-    process = tff.learning.templates.LearningProcess(initialize_fn, next_fn, get_model_weights,
-                                                     set_model_weights)
     # The accounting measures the uplink without the simulation-only diagnostics.
     uplink, diagnostics = aggregation_parts(aggregator, weights_type.trainable,
                                             tff.TensorType(np.float32))
-    return FederatedAlgorithm(process=process, distributor=distribution,
-                              aggregation=uplink, diagnostics=diagnostics)
+    parts = (state_type, data_type, distribution, aggregation, client_update, server_step)
+    if isinstance(aggregation, ClientStatefulAggregation):  # clients that remember
+        process = ClientStatefulProcess(initialize_fn, stateful_next_fn(*parts), get_model_weights,
+                                        set_model_weights, aggregation.initial_client_state)
+    else:
+        process = tff.learning.templates.LearningProcess(initialize_fn, next_fn(*parts),
+                                                         get_model_weights, set_model_weights)
+    return FederatedAlgorithm(process=process, distributor=distribution, aggregation=uplink,
+                              diagnostics=diagnostics)
+
+
+def next_fn(state_type, data_type, distribution, aggregation, client_update,
+            server_step) -> tff.Computation:
+    """A round: the four steps, with every value placed where it lives."""
+
+    @tff.federated_computation(state_type, tff.FederatedType(data_type, tff.CLIENTS))
+    def next_fn(state, client_data):
+        sent = distribution.next(state.distributor, state.model)                         # 1
+        trained = tff.federated_map(client_update, (sent.result, client_data))           # 2
+        averaged = aggregation.next(state.aggregator, trained.delta, trained.weight)     # 3
+        return server_step(state, sent, trained, averaged)                               # 4
+
+    return next_fn
+
+
+def stateful_next_fn(state_type, data_type, distribution, aggregation, client_update,
+                     server_step) -> tff.Computation:
+    """The same four steps, for clients that remember (here, the uplink's error feedback):
+    each client's state comes in beside its data and goes out beside its update. It
+    never crosses the network (no intrinsic moves it), so no bit of it is counted."""
+    client_state_type = tff.FederatedType(aggregation.client_state_type, tff.CLIENTS)
+
+    @tff.federated_computation(state_type, tff.FederatedType(data_type, tff.CLIENTS),
+                               client_state_type)
+    def next_fn(state, client_data, client_state):
+        sent = distribution.next(state.distributor, state.model)                         # 1
+        trained = tff.federated_map(client_update, (sent.result, client_data))           # 2
+        averaged = aggregation.next(state.aggregator, trained.delta, trained.weight,      # 3
+                                    client_state)
+        output = server_step(state, sent, trained, averaged)                             # 4
+        return StatefulOutput(output.state, output.metrics, averaged.client_state,
+                              averaged.client_measurements)
+
+    return next_fn

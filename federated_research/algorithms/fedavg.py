@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import tensorflow_federated as tff
 
+from federated_research.aggregators.error_feedback import ErrorFeedbackFactory
 from federated_research.algorithms import CLIENT_LOOP, FederatedAlgorithm, tff_algorithm
+from federated_research.algorithms.custom_fedavg import build_custom_fedavg
 from federated_research.distributors import Distributor
 from federated_research.models import ModelSpec
 
@@ -13,7 +15,15 @@ def build_fedavg(model: ModelSpec, client_optimizer: tff.learning.optimizers.Opt
                  server_optimizer: tff.learning.optimizers.Optimizer,
                  aggregator: tff.aggregators.WeightedAggregationFactory,
                  distributor: Distributor | None = None) -> FederatedAlgorithm:
-    """`tff.learning.algorithms.build_weighted_fed_avg`, clients weighted by example count."""
+    """`tff.learning.algorithms.build_weighted_fed_avg`, clients weighted by example count.
+
+    TFF's builder keeps nothing per client; with an uplink whose clients keep state
+    (`aggregator.error_feedback`), the same FedAvg is built on the Federated Core
+    (custom_fedavg.py, the same numbers as TFF's builder, bit for bit).
+    """
+    if isinstance(aggregator, ErrorFeedbackFactory):
+        return build_custom_fedavg(model, client_optimizer, server_optimizer, aggregator,
+                                   distributor)
     return tff_algorithm(lambda distribution: tff.learning.algorithms.build_weighted_fed_avg(
         model.tff_model_fn, client_optimizer_fn=client_optimizer,
         server_optimizer_fn=server_optimizer, model_distributor=distribution,

@@ -21,6 +21,8 @@ from federated_research.compression.subsampled import SubsampledCodec
 from federated_research.errors import ConfigError
 from federated_research.options import Options, build_options, require
 
+FEEDBACK = ("none", "ef14", "ef21")  # aggregators/error_feedback.py
+
 
 @dataclass
 class Method(Options, abc.ABC):
@@ -31,6 +33,7 @@ class Method(Options, abc.ABC):
     seed: int = 0             # the run seed; all randomness derives from it
     zeroing: bool = False     # TFF's adaptive zeroing of outlier updates (uplink only)
     clipping: bool = False    # TFF's adaptive L2 clipping of updates (uplink only)
+    error_feedback: str = "none"  # none, ef14 or ef21: clients keep what was not sent (uplink)
 
     # E[decode(encode(x))] = x: a subclass says so, as a class attribute or, where an
     # option decides it (drive's `unbiased`), as a field of the same name.
@@ -44,6 +47,8 @@ class Method(Options, abc.ABC):
         require(self.threshold >= 0, "threshold", self.threshold, "must be 0 or more", 0)
         require(0 < self.subsample <= 1, "subsample", self.subsample,
                 "is the fraction of coordinates sent: in (0, 1]", 0.5)
+        require(self.error_feedback in FEEDBACK, "error_feedback", self.error_feedback,
+                f"must be one of {', '.join(FEEDBACK)} (aggregators/error_feedback.py)", "ef14")
 
     def is_unbiased(self) -> bool:
         """Whether this method, with these options, is unbiased."""
@@ -78,9 +83,30 @@ def build_method(cfg, group: str) -> Method:
 
 
 def check_downlink(method: Method) -> None:
-    """A broadcast model takes no zeroing or clipping: those are for client updates."""
+    """A broadcast model takes no zeroing or clipping: those are for client updates.
+    Nor error feedback: EF21-P's clients must all hear every broadcast to keep the
+    server's estimate of the model, which sampled clients do not."""
     for key in ("zeroing", "clipping"):
         if getattr(method, key):
             raise ConfigError(f"distributor.{key}=true", "zeroing and clipping apply to "
                               "client updates, not to the broadcast model",
                               f"drop distributor.{key} (aggregator.{key} exists)")
+    if method.error_feedback != "none":
+        raise ConfigError(f"distributor.error_feedback={method.error_feedback}",
+                          "downlink error feedback (EF21-P) needs every client to receive "
+                          "every broadcast, and a run samples clients: a returning client's "
+                          "copy of the model would be stale",
+                          "drop distributor.error_feedback (aggregator.error_feedback exists)")
+
+
+def check_uplink(method: Method) -> None:
+    """Error feedback replaces TFF's weighted mean, around which its adaptive zeroing
+    and clipping are built: the two do not compose."""
+    if method.error_feedback == "none":
+        return
+    for key in ("zeroing", "clipping"):
+        if getattr(method, key):
+            raise ConfigError(f"aggregator.{key}=true", f"TFF's adaptive {key} wraps the "
+                              "weighted mean that error feedback replaces",
+                              f"drop aggregator.{key}, or clip each update with "
+                              "client.update_clip_norm=<norm>")

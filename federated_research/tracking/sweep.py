@@ -37,7 +37,8 @@ FAILED_DIR = "failed_jobs"  # one marker file per job that failed before its run
 SWEEP_ID_TAG = "sweep_id"
 PARENT_TAG = "mlflow.parentRunId"
 _SHORT = {"learning_rate": "lr", "clients_per_round": "clients", "batch_size": "bs",
-          "num_clients": "nclients", "only_digits": "digits"}
+          "num_clients": "nclients", "only_digits": "digits", "error_feedback": "",
+          "fraction": "top"}
 
 
 @dataclass
@@ -93,6 +94,13 @@ def sweep_values(hydra_cfg: DictConfig) -> dict[str, str]:
             values[override.get_key_element().lstrip("+~")] = override.get_value_string()
     params = OmegaConf.select(hydra_cfg, "sweeper.params") or {}
     values.update({str(k): str(v) for k, v in params.items() if str(k) not in values})
+    arms: dict[str, list[str]] = {}  # hydra/sweeper=arms: every key an arm sets
+    for arm in OmegaConf.select(hydra_cfg, "sweeper.arms") or []:
+        for override in str(arm).split():
+            key, value = override.split("=", 1)
+            arms.setdefault(key.lstrip("+~"), []).append(value)
+    values = {**{k: ",".join(v) for k, v in arms.items()},
+              **{k: v for k, v in values.items() if k not in arms}}
     return {k: v for k, v in values.items() if not k.startswith("hydra")}
 
 

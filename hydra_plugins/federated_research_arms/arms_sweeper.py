@@ -1,0 +1,28 @@
+"""`hydra/sweeper=arms`: Hydra's basic sweeper, over a list of arms times its grid.
+
+A comparison is rarely a grid: error feedback (ef14, ef21) applies to compressors and
+not to the uncompressed `mean` it is compared with, and top-k is tried at two
+fractions. An arm is one configuration, written as overrides in one string
+("aggregator=topk aggregator.fraction=0.01"); every arm is run with every point of
+the usual grid (`hydra.sweeper.params` and the command line's `a=x,y`, e.g. seeds).
+Jobs, launchers, the parent MLflow run and the report are those of any multirun.
+"""
+
+from __future__ import annotations
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+
+class ArmsSweeper(BasicSweeper):
+    def __init__(self, max_batch_size: int | None = None, params: dict | None = None,
+                 arms: list[str] | None = None) -> None:
+        super().__init__(max_batch_size, params)
+        self.arms = [str(arm).split() for arm in arms or []]
+
+    def split_arguments(self, overrides, max_batch_size):  # the basic sweeper calls this
+        grid = BasicSweeper.split_arguments(overrides, None)[0]
+        arm_keys = {o.split("=", 1)[0] for arm in self.arms for o in arm}
+        jobs = [[*[o for o in point if o.split("=", 1)[0] not in arm_keys], *arm]
+                for arm in self.arms or [[]] for point in grid]
+        return [jobs] if max_batch_size is None else list(
+            BasicSweeper.split_overrides_to_chunks(jobs, max_batch_size))
