@@ -14,11 +14,13 @@ state. `client_state.store` picks where the states live:
           populations whose states do not fit (3,400 EMNIST writers x the CNN: 22 GiB).
 
 Writes are staged and take effect with `commit()`, which the loop calls when the
-round counts (RunState.advance): an interrupted round leaves no state behind,
-so a checkpoint always holds the states of its own round. A checkpoint saves the
-store in its version folder (`save`), one `.npy` file per state leaf and client
-(the disk store hard-links its files, which costs no copy) with `written.json`,
-the round each client's state was last written; `load` puts them back.
+round counts (RunState.advance, with SIGINT and SIGTERM held until the server's
+state has moved too): an interrupted round leaves no state behind, so a checkpoint
+holds the states of its own round. A checkpoint saves the store in its version
+folder (`save`), one `.npy` file per state leaf and client, with `written.json`,
+the round each client's state was last written; `load` puts them back. The disk
+store hard-links its files into the checkpoint (the save copies nothing; a file
+rewritten later then has two versions on disk, until the checkpoint is dropped).
 """
 
 from __future__ import annotations

@@ -358,6 +358,16 @@ def register_schemas() -> None:
     cs.store(name="config_schema", node=Config)
     for group, name, node in _SCHEMAS:
         cs.store(name=f"schema_{group}_{name}", node=node)
+    # Hydra finds plugins by listing the folders of `hydra_plugins`, which an editable
+    # install does not have: the project's sweeper is registered by hand, after Hydra's
+    # scan (which re-executes the modules it finds, the basic sweeper's among them).
+    from hydra.core.plugins import Plugins
+
+    plugins = Plugins.instance()
+    from hydra_plugins.federated_research_arms.arms_sweeper import ArmsSweeper
+
+    if f"{ArmsSweeper.__module__}.{ArmsSweeper.__name__}" not in plugins.class_name_to_class:
+        plugins.register(ArmsSweeper)
 
 
 GROUP_NODES = ("dataset", "model", "aggregator", "distributor", "algorithm",
@@ -407,3 +417,9 @@ def validate(cfg: DictConfig) -> None:
         built = build_options(cls, cfg[key], key)
         if key == "distributor" and hasattr(built, "make_codec"):
             check_downlink(built)
+    if str(cfg.algorithm.get("_target_", "")).endswith(".build_scaffold") and (
+            cfg.client.update_clip_norm is not None):
+        raise ConfigError(f"client.update_clip_norm={cfg.client.update_clip_norm}",
+                          "SCAFFOLD sends its control change through the same aggregator, "
+                          "and an update's norm is no bound for it",
+                          "drop client.update_clip_norm with algorithm=scaffold")

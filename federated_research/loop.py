@@ -19,6 +19,7 @@ from federated_research.data.federated_data import FederatedData
 from federated_research.models import ModelSpec
 from federated_research.resources import rss_metrics
 from federated_research.seeds import Stream, int_seed, rng
+from federated_research.signals import deferred
 from federated_research.tracking import Tracker
 
 
@@ -65,14 +66,16 @@ class RunState:
     clients: ClientStateStore | None = None  # what clients remember, if they do
 
     def advance(self, state: object, metrics: dict[str, float], seconds: float) -> None:
-        """The round whose metrics these are is logged: it counts (and may be saved)."""
-        if self.clients is not None:
-            self.clients.commit()  # the round's client states, staged by the loop
-        self.state, self.next_round = state, self.next_round + 1
-        self.broadcasted_bits = metrics["comm/broadcasted_bits_cumulative"]
-        self.aggregated_bits = metrics["comm/aggregated_bits_cumulative"]
-        self.round_seconds.append(seconds)
-        self.last.update(metrics)
+        """The round whose metrics these are is logged: it counts (and may be saved).
+        A signal waits until it counts whole, client states included."""
+        with deferred():
+            if self.clients is not None:
+                self.clients.commit()  # the round's client states, staged by the loop
+            self.state, self.next_round = state, self.next_round + 1
+            self.broadcasted_bits = metrics["comm/broadcasted_bits_cumulative"]
+            self.aggregated_bits = metrics["comm/aggregated_bits_cumulative"]
+            self.round_seconds.append(seconds)
+            self.last.update(metrics)
 
 
 def sample_clients(client_ids: list[str], k: int, seed: int, round_num: int,

@@ -33,6 +33,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from federated_research import feedback_gain
 from federated_research.tracking.mlflow_sink import logging_preserved
 from federated_research.tracking.sweep import (
     PARENT_TAG,
@@ -486,10 +487,15 @@ def write_report(rows: list[dict], settings: dict, out_dir: Path, title: str) ->
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = plot(rows, settings, out_dir, title)
     table = markdown(rows, settings)
+    gains = feedback_gain.feedback_gains(settings["configs"], settings["labels"])
+    if gains:  # error feedback against the same method without it
+        table += "\n\n" + feedback_gain.markdown(gains)
+        plots += [p for p in [feedback_gain.plot(gains, out_dir, title)] if p is not None]
     images = "\n".join(f"![{p.stem}]({p.name})" for p in plots)
     (out_dir / "report.md").write_text(f"# {title}\n\n{table}\n\n{images}\n")
     (out_dir / "report.json").write_text(json.dumps(
-        {"target": settings["target"], "budget": settings["budget"], "rows": rows}, indent=2))
+        {"target": settings["target"], "budget": settings["budget"], "rows": rows,
+         "feedback_gains": gains}, indent=2))
     return [out_dir / "report.md", out_dir / "report.json", *plots]
 
 

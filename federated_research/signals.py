@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import threading
 
 
 class Terminated(BaseException):
@@ -15,3 +17,18 @@ def raise_on_sigterm() -> None:
         raise Terminated(f"received {signal.Signals(signum).name}")
 
     signal.signal(signal.SIGTERM, handler)
+
+
+@contextlib.contextmanager
+def deferred():
+    """Hold SIGINT and SIGTERM until the block is done: what it changes changes whole
+    (a round's server state and its clients' states). Then they act as usual."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -52,14 +52,16 @@ def _reference(kind: str, updates, weights, participation: float):
             if kind == "ef14":
                 corrected = [x + e for x, e in zip(flat, memory[i], strict=True)]
                 sent = [_top(c) for c in corrected]
-                memory[i] = [c - s for c, s in zip(corrected, sent, strict=True)]
+                if weights[i] > 0:  # a client the server ignores keeps what it owes
+                    memory[i] = [c - s for c, s in zip(corrected, sent, strict=True)]
                 owed.append(memory[i])
             else:
                 sent = [_top(x - g) for x, g in zip(flat, memory[i], strict=True)]
                 memory[i] = [g + s for g, s in zip(memory[i], sent, strict=True)]
                 owed.append([x - g for x, g in zip(flat, memory[i], strict=True)])
             decoded.append(sent)
-        mean = [sum(w * d[t] for w, d in zip(weights, decoded, strict=True)) / sum(weights)
+        used = weights if kind == "ef14" else [1.0] * clients  # EF21 averages clients
+        mean = [sum(w * d[t] for w, d in zip(used, decoded, strict=True)) / sum(used)
                 for t in range(len(SHAPES))]
         if kind == "ef21":
             estimate = [g + participation * m for g, m in zip(estimate, mean, strict=True)]
@@ -75,7 +77,7 @@ def test_error_feedback_matches_a_numpy_reference_step_by_step(kind):
     rng = np.random.default_rng(7)
     updates = [[[rng.standard_normal(s).astype(np.float32) for s in SHAPES] for _ in range(3)]
                for _ in range(4)]
-    weights = [1.0, 2.0, 5.0]
+    weights = [1.0, 5.0, 0.0]  # the last client trained on nothing
     value_type = tff.types.to_type([(np.float32, s) for s in SHAPES])
     process = ErrorFeedbackFactory(TopK(fraction=FRACTION), kind, participation=0.5).create(
         value_type, tff.TensorType(np.float32))
@@ -127,9 +129,10 @@ def test_client_state_is_never_counted_as_traffic(comm_by_config):
     for method, variants in (("topk", ("topk-ef14",)), ("drive", ("drive-ef14",))):
         for variant in variants:
             assert bits[variant] == bits[method], variant  # every direction, every part
-    # clipping under feedback happens on the client, without TFF's clipped-count sum
-    assert bits["topk-ef21"]["model_up"] == bits["topk"]["model_up"] < bits["topk-clip"][
-        "model_up"]
+    # ef21's mean is over clients: no weight is sent; clipping under feedback happens on
+    # the client, without TFF's clipped-count sum
+    assert bits["topk-ef21"]["model_up"] == bits["topk"]["model_up"] - 32
+    assert bits["topk"]["model_up"] < bits["topk-clip"]["model_up"]
     # SCAFFOLD sends the model and its control variate down, the update and the control
     # change up: twice FedAvg's model traffic both ways (plus the weights' 32 bits each)
     fedavg, scaffold = bits["custom_fedavg"], bits["scaffold"]
@@ -265,6 +268,14 @@ def test_the_store_reads_initial_states_stages_writes_and_checkpoints(tmp_path, 
     (["client_state.store=cloud"], "client_state.store=cloud: must be memory or disk"),
     (["aggregator=topk", "aggregator.error_feedback=ef14", "algorithm=fedsgd"],
      "aggregator.error_feedback=ef14: algorithm=fedsgd is TFF's builder"),
+    (["algorithm=scaffold", "aggregator=topk", "aggregator.error_feedback=ef21"],
+     "aggregator.error_feedback=ef21: EF21's server keeps a running estimate"),
+    (["algorithm=scaffold", "optimizer@client_optimizer=sgdm", "client_optimizer.momentum=0.9"],
+     "algorithm=scaffold: its control variates are (x - y) / (K lr)"),
+    (["algorithm=scaffold", "client.gradient_clip_norm=1.0"],
+     "client.gradient_clip_norm: SCAFFOLD corrects each local gradient"),
+    (["algorithm=scaffold", "client.update_clip_norm=1.0"],
+     "client.update_clip_norm=1.0: SCAFFOLD sends its control change"),
 ])
 def test_feedback_where_it_makes_no_sense_is_refused_in_one_line(overrides, says):
     from federated_research.errors import exit_for

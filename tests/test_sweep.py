@@ -182,3 +182,43 @@ def test_the_ray_launcher_runs_a_sweep_on_a_local_ray(tmp_path, mlflow_uri, run_
     assert sorted(k.info.run_name for k in kids) == ["drive", "mean"]
     assert {k.info.status for k in kids} == {"FINISHED"}
     assert {k.data.tags[PARENT_TAG] for k in kids} == {parents[0].info.run_id}
+
+
+def test_the_arms_sweeper_runs_each_arm_with_each_grid_point():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from hydra_plugins.federated_research_arms.arms_sweeper import ArmsSweeper
+
+    sweeper = ArmsSweeper(arms=["aggregator=mean", "aggregator=topk aggregator.fraction=0.1"])
+    overrides = OverridesParser.create().parse_overrides(["seed=0,1", "rounds=2",
+                                                          "aggregator=drive"])
+    jobs = sweeper.split_arguments(overrides, None)
+    assert jobs == [[["seed=0", "rounds=2", "aggregator=mean"],
+                     ["seed=1", "rounds=2", "aggregator=mean"],
+                     ["seed=0", "rounds=2", "aggregator=topk", "aggregator.fraction=0.1"],
+                     ["seed=1", "rounds=2", "aggregator=topk", "aggregator.fraction=0.1"]]]
+    assert [len(batch) for batch in sweeper.split_arguments(overrides, 3)] == [3, 1]
+
+
+def test_an_error_feedback_sweep_reports_its_gain_against_participation(tmp_path, mlflow_uri,
+                                                                        run_cli):
+    """The arms sweeper through the real command line, and the report's feedback table."""
+    arms = "['aggregator=topk aggregator.error_feedback=none'," \
+           "'aggregator=topk aggregator.error_feedback=ef14']"
+    done = run_cli("hydra/sweeper=arms", f"hydra.sweeper.arms={arms}", "model=linear",
+                   "rounds=2", "clients_per_round=2", "dataset.num_clients=4,8",
+                   "checkpoint_every=0", "hydra.sweep.dir=sweep", multirun=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client, parents, kids = _family(mlflow_uri)
+    assert len(kids) == 4 and {k.info.status for k in kids} == {"FINISHED"}
+    assert {k.info.run_name for k in kids} == {
+        f"topk-{ef}-nclients{n}" for ef in ("none", "ef14") for n in (4, 8)}
+    report = json.loads((tmp_path / "sweep" / "report" / "report.json").read_text())
+    gains = report["feedback_gains"]
+    assert sorted(g["participation"] for g in gains) == [0.25, 0.5]
+    accuracy = {r["config"]: r["accuracy"] for r in report["rows"]}
+    for gain in gains:
+        assert gain["gain"] == pytest.approx(
+            100 * (accuracy[gain["config"]] - accuracy[gain["without"]]))
+    assert (tmp_path / "sweep" / "report" / "gain_vs_participation.png").stat().st_size > 5000
+    assert "Error feedback's gain" in (tmp_path / "sweep" / "report" / "report.md").read_text()

@@ -11,7 +11,9 @@
         knows it. It sends m = C(delta_i - g_i) and sets g_i <- g_i + D(m). The
         server keeps the running estimate g = average of every client's g_i; since
         only the sampled clients' g_i moved, g <- g + p * mean_S D(m), with
-        p = clients_per_round / population. The server steps with g.
+        p = clients_per_round / population. The server steps with g. The averages
+        are over clients, unweighted, as in the paper: a running average of the
+        population's estimates has no place for a round's example weights.
 
 (C encodes, D decodes: the method's codecs, aggregators/codec_sum.py.) A client
 decodes its own message to know what the server will see: the same decoder, no
@@ -19,11 +21,12 @@ traffic. The state is simulation plumbing, as it never leaves a client in a real
 deployment: it enters the process as a CLIENTS-placed argument and leaves as a
 CLIENTS-placed result, so no federated intrinsic moves it and the bit accounting
 (comm_bits.py) never counts it. What crosses the network is what the method sends
-without feedback: the message and the client's weight (the weighted mean's
-denominator), 32 bits, the same as TFF's MeanFactory sends.
+without feedback: the message and, under ef14, the client's weight (the weighted
+mean's denominator, 32 bits, as TFF's MeanFactory sends); ef21 sends no weight.
 
 Each client also returns the norm of what is still owed, ||e_i|| (ef14) or
-||delta_i - g_i|| (ef21), which the loop logs as `client_state/residual_norm`.
+||delta_i - g_i|| (ef21), which the loop logs as `client_state/residual_norm`: a
+CLIENTS-placed output read by the simulation, like the state, never sent.
 """
 
 from __future__ import annotations
@@ -81,11 +84,12 @@ class ErrorFeedbackFactory:
         codecs = self.method.codecs([tuple(s.shape) for s in tf.nest.flatten(specs)])
         decode = decode_fn(codecs, self.method.seed)
         memory_type = tff.types.to_type([(np.float32, [c.size]) for c in codecs])
-        client_step = tff.tensorflow.computation(value_type, memory_type)(self._client_step(
-            encode_fn(codecs, self.method.seed), decode))
+        client_step = tff.tensorflow.computation(value_type, weight_type, memory_type)(
+            self._client_step(encode_fn(codecs, self.method.seed), decode))
         message_type = client_step.type_signature.result[0]
-        zero, accumulate, merge, report = _weighted_mean(codecs, decode, message_type,
-                                                         weight_type)
+        weighted = self.kind == "ef14"  # EF21's running average is over clients, unweighted
+        zero, accumulate, merge, report = _mean(
+            codecs, decode, (message_type, weight_type) if weighted else message_type)
         server_step = tff.tensorflow.computation(memory_type, memory_type)(
             self._server_step(specs))
         error = tff.tensorflow.computation(value_type, value_type)(
@@ -100,10 +104,11 @@ class ErrorFeedbackFactory:
                                    tff.FederatedType(weight_type, tff.CLIENTS),
                                    tff.FederatedType(memory_type, tff.CLIENTS))
         def next_fn(state, value, weight, memory):
-            sent = tff.federated_map(client_step, (value, memory))
+            sent = tff.federated_map(client_step, (value, weight, memory))
             message, memory, owed = sent[0], sent[1], sent[2]
-            mean = tff.federated_aggregate(tff.federated_zip((message, weight)), zero(),
-                                           accumulate, merge, report)
+            mean = tff.federated_aggregate(
+                tff.federated_zip((message, weight)) if weighted else message, zero(),
+                accumulate, merge, report)
             stepped = tff.federated_map(server_step, (state, mean))
             measurements = tff.federated_value((), tff.SERVER)
             if self.log_error:  # simulation only: the exact mean, kept out of comm/* bits
@@ -117,11 +122,18 @@ class ErrorFeedbackFactory:
         return ClientStatefulAggregation(init_fn, next_fn, initial)
 
     def _client_step(self, encode, decode):
-        """(update, memory) -> (message, new memory, norm of what is still owed)."""
+        """(update, weight, memory) -> (message, new memory, norm of what is still owed).
+
+        A non-finite update is sent as zero. Under ef14 a client of weight 0 (no
+        examples, or a non-finite update) keeps its residual: the server ignores its
+        message, so nothing of the residual was delivered.
+        """
         ef21, clip_norm = self.kind == "ef21", self.clip_norm
 
-        def client_step(value, memory):
+        def client_step(value, weight, memory):
             flat = [tf.reshape(tf.cast(v, tf.float32), [-1]) for v in tf.nest.flatten(value)]
+            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(x)) for x in flat])
+            flat = [tf.where(finite, x, tf.zeros_like(x)) for x in flat]
             if clip_norm is not None:
                 flat, _ = tf.clip_by_global_norm(flat, clip_norm)
             if ef21:   # send the change of the estimate; g_i follows what the server saw
@@ -131,7 +143,9 @@ class ErrorFeedbackFactory:
             else:      # ef14: send update plus residual; keep what was not sent
                 corrected = [x + e for x, e in zip(flat, memory, strict=True)]
                 message = encode(corrected)
-                memory = [c - s for c, s in zip(corrected, decode(message), strict=True)]
+                delivered = tf.logical_and(finite, tf.cast(weight, tf.float32) > 0)
+                memory = [tf.where(delivered, c - s, e) for c, s, e in zip(
+                    corrected, decode(message), memory, strict=True)]
                 owed = memory
             return message, memory, tf.linalg.global_norm(owed)
 
@@ -160,18 +174,21 @@ class ErrorFeedbackFactory:
         return UpdateErrorFactory(None).diagnostic_process(value_type, weight_type)
 
 
-def _weighted_mean(codecs, decode, message_type, weight_type):
-    """`federated_aggregate`'s parts for the weighted mean of decoded messages: the
-    message and the client's weight are what each client sends."""
+def _mean(codecs, decode, sent_type):
+    """`federated_aggregate`'s parts for the mean of the decoded messages: weighted by
+    the weight each client sends beside its message when `sent_type` is (message,
+    weight), else by client (the server counts the messages; nothing more is sent)."""
+    weighted = isinstance(sent_type, tuple)
     sum_type = tff.types.to_type(([(np.float32, [c.size]) for c in codecs], np.float32))
 
     @tff.tensorflow.computation
     def zero():
         return [tf.zeros([c.size], tf.float32) for c in codecs], tf.constant(0.0)
 
-    @tff.tensorflow.computation(sum_type, (message_type, weight_type))
+    @tff.tensorflow.computation(sum_type, sent_type)
     def accumulate(total, sent):
-        (values, weights), (message, weight) = total, sent
+        values, weights = total
+        message, weight = sent if weighted else (sent, 1.0)
         weight = tf.cast(weight, tf.float32)
         return ([t + weight * x for t, x in zip(values, decode(message), strict=True)],
                 weights + weight)

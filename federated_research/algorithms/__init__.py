@@ -44,7 +44,7 @@ class ClientStatefulProcess(tff.templates.IterativeProcess):
     values only; this template adds a CLIENTS-placed state argument and result and
     keeps its model-weights accessors. `initial_client_state` is what a client
     never sampled before starts from (numpy arrays, the client-state store's
-    template; client_state/store.py).
+    template; client_state.py).
     """
 
     def __init__(self, initialize_fn, next_fn, get_model_weights, set_model_weights,

@@ -19,7 +19,8 @@ def build_fedavg(model: ModelSpec, client_optimizer: tff.learning.optimizers.Opt
 
     TFF's builder keeps nothing per client; with an uplink whose clients keep state
     (`aggregator.error_feedback`), the same FedAvg is built on the Federated Core
-    (custom_fedavg.py, the same numbers as TFF's builder, bit for bit).
+    (custom_fedavg.py: the same numbers as TFF's builder, bit for bit, as long as every
+    update is finite; it does not zero a client's non-finite update as TFF's does).
     """
     if isinstance(aggregator, ErrorFeedbackFactory):
         return build_custom_fedavg(model, client_optimizer, server_optimizer, aggregator,

@@ -15,10 +15,11 @@ store: client_state.py). A round, beside custom_fedavg.py's four steps:
   4. server       x <- server optimizer step with the mean update;
                   c <- c + (|S| / N) mean(c_i+ - c_i)  (N: the population).
 
-`lr` is the client optimizer's learning rate (SGD is the paper's local solver;
-with momentum or an adaptive optimizer the correction is applied to the gradient
-all the same). With every c zero and nothing learned yet, the first round is
-FedAvg's.
+`lr` is the client optimizer's learning rate; the local solver is plain SGD, as in
+the paper (other client optimizers, gradient clipping, update clipping and EF21,
+whose server keeps a running estimate instead of each round's mean, are refused in
+one line). With every c zero, the first round is FedAvg's. Each control change
+also sends a weight of 1 (32 bits, TFF's weighted mean), counted with it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from federated_research.aggregators.error_feedback import with_client_state
+from federated_research.aggregators.error_feedback import ErrorFeedbackFactory, with_client_state
 from federated_research.algorithms import (
     ClientStatefulProcess,
     FederatedAlgorithm,
@@ -38,6 +39,7 @@ from federated_research.algorithms import (
     aggregation_parts,
 )
 from federated_research.algorithms.custom_fedavg import model_types, tensor_specs
+from federated_research.clipping import GradientClipping
 from federated_research.distributors import Distributor
 from federated_research.distributors.plain import PlainBroadcast
 from federated_research.errors import ConfigError
@@ -100,17 +102,33 @@ def scaffold_training(model, optimizer, initial: ModelWeights, dataset, server_c
                         model.report_local_unfinalized_metrics())
 
 
+def check_scaffold(client_optimizer, aggregator) -> None:
+    """Refuse, in one line, what breaks option II's control variates (update clipping
+    is refused by config.validate: it needs the config)."""
+    if isinstance(client_optimizer, GradientClipping):
+        raise ConfigError("client.gradient_clip_norm", "SCAFFOLD corrects each local gradient "
+                          "by c - c_i; clipping the corrected gradient breaks the correction",
+                          "drop client.gradient_clip_norm with algorithm=scaffold")
+    hparams = client_optimizer.get_hparams(
+        client_optimizer.initialize((tf.TensorSpec([1], tf.float32),)))
+    if set(hparams) != {"learning_rate"}:
+        raise ConfigError("algorithm=scaffold", "its control variates are (x - y) / (K lr), "
+                          "the mean gradient of K plain SGD steps, which momentum or an "
+                          "adaptive client optimizer does not take",
+                          "use optimizer@client_optimizer=sgd")
+    if isinstance(aggregator, ErrorFeedbackFactory) and aggregator.kind == "ef21":
+        raise ConfigError("aggregator.error_feedback=ef21", "EF21's server keeps a running "
+                          "estimate, but SCAFFOLD's control variate needs each round's mean "
+                          "change", "use aggregator.error_feedback=ef14 with algorithm=scaffold")
+
+
 def build_scaffold(model: ModelSpec, client_optimizer: tff.learning.optimizers.Optimizer,
                    server_optimizer: tff.learning.optimizers.Optimizer,
                    aggregator: tff.aggregators.WeightedAggregationFactory,
                    distributor: Distributor | None = None,
                    participation: float = 1.0) -> FederatedAlgorithm:
     """SCAFFOLD, option II; `participation` is |S| / N (build.py passes it)."""
-    if "learning_rate" not in client_optimizer.get_hparams(
-            client_optimizer.initialize((tf.TensorSpec([1], tf.float32),))):
-        raise ConfigError("algorithm=scaffold", "its control variates divide by the client "
-                          "learning rate, which this client optimizer does not have",
-                          "use optimizer@client_optimizer=sgd")
+    check_scaffold(client_optimizer, aggregator)
     weights_type, data_type, metric_finalizers = model_types(model)
     control_type = weights_type.trainable
 

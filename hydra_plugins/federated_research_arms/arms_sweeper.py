@@ -13,6 +13,11 @@ from __future__ import annotations
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
 
+def _key(override: str) -> str:
+    """`+a.b=1` -> `a.b`: the key an override sets, whatever its prefix."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 class ArmsSweeper(BasicSweeper):
     def __init__(self, max_batch_size: int | None = None, params: dict | None = None,
                  arms: list[str] | None = None) -> None:
@@ -21,8 +26,9 @@ class ArmsSweeper(BasicSweeper):
 
     def split_arguments(self, overrides, max_batch_size):  # the basic sweeper calls this
         grid = BasicSweeper.split_arguments(overrides, None)[0]
-        arm_keys = {o.split("=", 1)[0] for arm in self.arms for o in arm}
-        jobs = [[*[o for o in point if o.split("=", 1)[0] not in arm_keys], *arm]
-                for arm in self.arms or [[]] for point in grid]
+        jobs = []
+        for arm in self.arms or [[]]:  # an arm's own value of a key wins over the grid's
+            mine = {_key(o) for o in arm}
+            jobs += [[*[o for o in point if _key(o) not in mine], *arm] for point in grid]
         return [jobs] if max_batch_size is None else list(
             BasicSweeper.split_overrides_to_chunks(jobs, max_batch_size))
