@@ -155,6 +155,7 @@ class DiskStore(ClientStateStore):
     def __init__(self, initial, client_ids, folder: Path) -> None:
         super().__init__(initial, client_ids)
         self.folder = Path(folder)
+        self._sizes: dict[str, int] = {}  # bytes of each file, kept as they are written
         self.clear()
 
     def _get(self, cid):
@@ -165,15 +166,17 @@ class DiskStore(ClientStateStore):
             path = self.folder / self._name(cid, i)
             temp = path.with_name(f"new_{path.name}")
             np.save(temp, leaf)
+            self._sizes[path.name] = temp.stat().st_size
             os.replace(temp, path)
 
     def clear(self) -> None:
         super().clear()
         shutil.rmtree(self.folder, ignore_errors=True)
         self.folder.mkdir(parents=True)
+        self._sizes = {}
 
     def disk_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.folder.glob("*.npy"))
+        return sum(self._sizes.values())
 
     def _save_client(self, cid, folder):
         for i in range(len(self.initial)):
@@ -182,6 +185,7 @@ class DiskStore(ClientStateStore):
     def _load_client(self, cid, folder):
         for i in range(len(self.initial)):
             _link_or_copy(folder / self._name(cid, i), self.folder / self._name(cid, i))
+            self._sizes[self._name(cid, i)] = (self.folder / self._name(cid, i)).stat().st_size
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -112,6 +112,11 @@ def _bench(cfgs: dict, rounds: int) -> dict:
                for m, p in parts.items()}
     client_ids = list(data.train.client_ids)
     examples = ClientExamples(data.train, data.task)  # decoded once, shared by every method
+    for client_id in client_ids:  # all of them, so that memory growth is the stores'
+        examples(client_id)
+    import psutil
+
+    rss_before = psutil.Process().memory_info().rss
     for round_num in range(rounds + 1):
         sampled = sample_clients(client_ids, first.clients_per_round, first.seed, round_num)
         for client_id in sampled:  # decoded before timing: the methods' rounds are compared
@@ -127,6 +132,13 @@ def _bench(cfgs: dict, rounds: int) -> dict:
             results[method]["seconds"].append(time.perf_counter() - start)
         print(f"round {round_num}: " + ", ".join(
             f"{m} {r['seconds'][-1]:.2f}s" for m, r in results.items()), flush=True)
+    import psutil
+
+    grown = psutil.Process().memory_info().rss - rss_before
+    held = sum(run.clients.memory_bytes() for run in runs.values() if run.clients is not None)
+    if held:
+        print(f"the run's resident memory grew by {grown:,} bytes over the timed rounds; "
+              f"the memory stores hold {held:,} bytes ({grown / held:.2f}x)")
     for method, run in runs.items():  # what the stores hold after the rounds
         if run.clients is not None:
             results[method].update(clients_stored=len(run.clients.written),

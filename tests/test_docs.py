@@ -17,7 +17,8 @@ HELP_KEYS = ("rounds", "clients_per_round", "seed", "eval_every", "eval_initial"
              "eval_batch_size", "client.epochs", "client.batch_size", "client.shuffle_buffer",
              "client.gradient_clip_norm", "client.update_clip_norm", "fed_eval.every",
              "fed_eval.clients", "client_optimizer.learning_rate",
-             "server_optimizer.learning_rate", "log_update_error", "checkpoint_every",
+             "server_optimizer.learning_rate", "client_state.store", "log_update_error",
+             "checkpoint_every",
              "checkpoint_keep", "on_nonfinite", "resume")
 
 
