@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 
@@ -22,13 +23,24 @@ def raise_on_sigterm() -> None:
 @contextlib.contextmanager
 def deferred():
     """Hold SIGINT and SIGTERM until the block is done: what it changes changes whole
-    (a round's server state and its clients' states). Then they act as usual."""
+    (a round's server state and its clients' states). Then they act as usual.
+
+    (Masking the signals would not do: the process's other threads, TensorFlow's,
+    would take them, and Python runs its handler in the main thread all the same.)
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    caught: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in caught[:1]:  # now, as it would have acted
+            if callable(handler := previous[signum]):
+                handler(signum, None)
+            else:
+                os.kill(os.getpid(), signum)

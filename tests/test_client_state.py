@@ -20,10 +20,12 @@ from federated_research.compression.topk import TopK
 from federated_research.config import validate
 from federated_research.errors import ConfigError
 from federated_research.loop import Evaluations, RunState, run_rounds, sample_clients
-from tests.conftest import compose_config
+from tests.conftest import compose_config, options
 
 pytestmark = pytest.mark.xdist_group("client_state")
 
+METHODS = sorted(set(options("aggregator")) - {"mean", "compression", "tff_compression",
+                                                 "topk"})
 TINY = ["model=linear", "dataset.num_clients=8", "clients_per_round=3", "rounds=2"]
 SHAPES = [(12,), (3, 4)]
 FRACTION = 0.25  # k = 3 of 12 coordinates per tensor
@@ -109,8 +111,9 @@ def comm_by_config():
                       "aggregator.error_feedback=ef21", "client.update_clip_norm=1.0"],
         "topk-clip": ["aggregator=topk", "aggregator.fraction=0.1",
                       "client.update_clip_norm=1.0", "algorithm=custom_fedavg"],
-        "drive": ["aggregator=drive", "algorithm=custom_fedavg"],
-        "drive-ef14": ["aggregator=drive", "aggregator.error_feedback=ef14"],
+        **{f"{m}{ef}": [f"aggregator={m}", "algorithm=custom_fedavg",
+                        *([f"aggregator.error_feedback={ef[1:]}"] if ef else [])]
+           for m in METHODS for ef in ("", "-ef14")},
         "custom_fedavg": ["algorithm=custom_fedavg"],
         "scaffold": ["algorithm=scaffold"],
         "scaffold-drive": ["algorithm=scaffold", "aggregator=drive"],
@@ -126,9 +129,8 @@ def test_client_state_is_never_counted_as_traffic(comm_by_config):
     # learning rate (32 control bits down), which ours does not
     for key in ("model_down", "model_up", "diagnostic_up", "control_up"):
         assert bits["topk-ef14"][key] == bits["topk-tff"][key]
-    for method, variants in (("topk", ("topk-ef14",)), ("drive", ("drive-ef14",))):
-        for variant in variants:
-            assert bits[variant] == bits[method], variant  # every direction, every part
+    for method in ("topk", *METHODS):  # every method of the library takes feedback
+        assert bits[f"{method}-ef14"] == bits[method], method  # every direction, every part
     # ef21's mean is over clients: no weight is sent; clipping under feedback happens on
     # the client, without TFF's clipped-count sum
     assert bits["topk-ef21"]["model_up"] == bits["topk"]["model_up"] - 32
@@ -305,3 +307,32 @@ def test_the_disk_store_keeps_states_in_files_and_a_resumed_loop_reads_them(tmp_
             k: v for k, v in memory_logged[step].items() if k.startswith("train/")}
     assert collections.Counter(store.written.values()) == collections.Counter(
         memory_run.clients.written.values())
+
+
+def test_a_signal_waits_until_a_round_counts_whole():
+    """SIGTERM inside RunState.advance arrives after the server state and the client
+    states both moved: a checkpoint never pairs one round's server with another's clients."""
+    import os
+    import signal
+
+    from federated_research.signals import Terminated, raise_on_sigterm
+
+    previous = signal.getsignal(signal.SIGTERM)
+    raise_on_sigterm()
+    store = MemoryStore([np.zeros(2, np.float32)], ["a"])
+    run = RunState(state="round 0", clients=store)
+    store.write(["a"], [[np.ones(2, np.float32)]], round_num=0)
+    original = store.commit
+
+    def commit_then_signal():
+        original()
+        os.kill(os.getpid(), signal.SIGTERM)  # lands between the two halves of advance
+
+    store.commit = commit_then_signal
+    try:
+        with pytest.raises(Terminated):
+            run.advance("round 1", {"comm/broadcasted_bits_cumulative": 0,
+                                    "comm/aggregated_bits_cumulative": 0}, 1.0)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert run.state == "round 1" and run.next_round == 1 and store.written == {"a": 0}
