@@ -116,7 +116,10 @@ def _bench(cfgs: dict, rounds: int) -> dict:
         examples(client_id)
     import psutil
 
-    rss_before = psutil.Process().memory_info().rss
+    def held() -> int:
+        return sum(r.clients.memory_bytes() for r in runs.values() if r.clients is not None)
+
+    rss_before = held_before = 0
     for round_num in range(rounds + 1):
         sampled = sample_clients(client_ids, first.clients_per_round, first.seed, round_num)
         for client_id in sampled:  # decoded before timing: the methods' rounds are compared
@@ -132,13 +135,12 @@ def _bench(cfgs: dict, rounds: int) -> dict:
             results[method]["seconds"].append(time.perf_counter() - start)
         print(f"round {round_num}: " + ", ".join(
             f"{m} {r['seconds'][-1]:.2f}s" for m, r in results.items()), flush=True)
-    import psutil
-
-    grown = psutil.Process().memory_info().rss - rss_before
-    held = sum(run.clients.memory_bytes() for run in runs.values() if run.clients is not None)
-    if held:
-        print(f"the run's resident memory grew by {grown:,} bytes over the timed rounds; "
-              f"the memory stores hold {held:,} bytes ({grown / held:.2f}x)")
+        if round_num == 0:  # after the first round's tracing: growth from here is the stores'
+            rss_before, held_before = psutil.Process().memory_info().rss, held()
+    grown, stored = psutil.Process().memory_info().rss - rss_before, held() - held_before
+    if stored:
+        print(f"after the first round, the run's resident memory grew by {grown:,} bytes; the "
+              f"memory stores by {stored:,} bytes ({grown / stored:.2f}x)")
     for method, run in runs.items():  # what the stores hold after the rounds
         if run.clients is not None:
             results[method].update(clients_stored=len(run.clients.written),
