@@ -141,7 +141,14 @@ def _bench(cfgs: dict, rounds: int) -> dict:
     if stored:
         print(f"after the first round, the run's resident memory grew by {grown:,} bytes; the "
               f"memory stores by {stored:,} bytes ({grown / stored:.2f}x)")
-    for method, run in runs.items():  # what the stores hold after the rounds
+    _report_stores(runs, results)
+    folder.cleanup()
+    return results
+
+
+def _report_stores(runs: dict, results: dict) -> None:
+    """What each method's client-state store holds after the rounds."""
+    for method, run in runs.items():
         if run.clients is not None:
             results[method].update(clients_stored=len(run.clients.written),
                                    state_bytes=run.clients.state_bytes(),
@@ -150,8 +157,6 @@ def _bench(cfgs: dict, rounds: int) -> dict:
             print(f"{method}: {len(run.clients.written)} clients' states of "
                   f"{run.clients.state_bytes():,} bytes; store {run.clients.memory_bytes():,} "
                   f"bytes in memory, {run.clients.disk_bytes():,} on disk")
-    folder.cleanup()
-    return results
 
 
 if __name__ == "__main__":

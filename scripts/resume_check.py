@@ -152,6 +152,8 @@ def main() -> None:
     metric_diff = max((abs(got[k][s] - v) for k in keys if k not in missing
                        for s, v in want[k].items()), default=0.0)
     print(f"model weights: max |resumed - uninterrupted| = {weight_diff:g}")
+    print(f"{len(keys)} metrics x their steps: max difference {metric_diff:g}; steps logged "
+          f"twice: {', '.join(twice) or 'none'}; steps missing: {', '.join(missing) or 'none'}")
     state_diff = _compare_client_states(whole, killed)
     if weight_diff or metric_diff or state_diff or twice or missing:
         sys.exit(1)
