@@ -7,6 +7,7 @@ import pytest
 import tensorflow_federated as tff
 
 from federated_research.aggregators import build_aggregator
+from federated_research.algorithms import ClientStatefulProcess
 from federated_research.distributors import build_distributor
 from federated_research.models import build_model
 from tests.conftest import compose_config, options
@@ -96,7 +97,11 @@ FEDERATED = [a for a in options("algorithm") if a != "centralized"]
     *[(a, "mean") for a in FEDERATED if a not in ("fedavg", "custom_fedavg")]])
 def test_every_aggregator_builds_a_learning_process(aggregator, algorithm):
     built = _linear_process([f"aggregator={aggregator}", f"algorithm={algorithm}"])
-    assert isinstance(built.process, tff.learning.templates.LearningProcess)
+    # a process whose clients keep state (SCAFFOLD's control variates) is ours: TFF's
+    # LearningProcess takes no client state
+    expected = (ClientStatefulProcess if algorithm == "scaffold"
+                else tff.learning.templates.LearningProcess)
+    assert isinstance(built.process, expected)
     state = built.process.initialize()  # runs on the real TFF worker
     weights = built.process.get_model_weights(state)
     assert [w.shape for w in weights.trainable] == [(784, 10), (10,)]

@@ -60,9 +60,10 @@ def _train(parts, folder, rounds: int, checkpoint_every: int, resume: bool, stor
     return run, checkpoints
 
 
-STATEFUL = {  # clients that remember: their states are checkpointed and restored too
-    "topk-ef14": (["aggregator=topk", "aggregator.error_feedback=ef14"], "memory"),
-    "scaffold-drive-disk": (["algorithm=scaffold", "aggregator=drive"], "disk"),
+STATEFUL = {  # clients that remember (SCAFFOLD's control variates and the ef14 residuals
+    # of both its uplinks): their states are checkpointed and restored too
+    "scaffold-topk-ef14-disk": (["algorithm=scaffold", "aggregator=topk",
+                                 "aggregator.error_feedback=ef14"], "disk"),
 }
 
 

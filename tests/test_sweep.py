@@ -200,25 +200,35 @@ def test_the_arms_sweeper_runs_each_arm_with_each_grid_point():
     assert [len(batch) for batch in sweeper.split_arguments(overrides, 3)] == [3, 1]
 
 
-def test_an_error_feedback_sweep_reports_its_gain_against_participation(tmp_path, mlflow_uri,
-                                                                        run_cli):
+def test_an_error_feedback_sweep_reports_its_gain(tmp_path, mlflow_uri, run_cli):
     """The arms sweeper through the real command line, and the report's feedback table."""
     arms = "['aggregator=topk aggregator.error_feedback=none'," \
            "'aggregator=topk aggregator.error_feedback=ef14']"
     done = run_cli("hydra/sweeper=arms", f"hydra.sweeper.arms={arms}", "model=linear",
-                   "rounds=2", "clients_per_round=2", "dataset.num_clients=4,8",
+                   "rounds=2", "clients_per_round=2", "dataset.num_clients=4",
                    "checkpoint_every=0", "hydra.sweep.dir=sweep", multirun=True)
     assert done.returncode == 0, done.stderr[-3000:]
     client, parents, kids = _family(mlflow_uri)
-    assert len(kids) == 4 and {k.info.status for k in kids} == {"FINISHED"}
-    assert {k.info.run_name for k in kids} == {
-        f"topk-{ef}-nclients{n}" for ef in ("none", "ef14") for n in (4, 8)}
+    assert len(kids) == 2 and {k.info.status for k in kids} == {"FINISHED"}
+    assert {k.info.run_name for k in kids} == {"topk-none", "topk-ef14"}
     report = json.loads((tmp_path / "sweep" / "report" / "report.json").read_text())
-    gains = report["feedback_gains"]
-    assert sorted(g["participation"] for g in gains) == [0.25, 0.5]
+    (gain,) = report["feedback_gains"]
     accuracy = {r["config"]: r["accuracy"] for r in report["rows"]}
-    for gain in gains:
-        assert gain["gain"] == pytest.approx(
-            100 * (accuracy[gain["config"]] - accuracy[gain["without"]]))
-    assert (tmp_path / "sweep" / "report" / "gain_vs_participation.png").stat().st_size > 5000
+    assert gain["participation"] == 0.5 and gain["config"] != gain["without"]
+    assert gain["gain"] == pytest.approx(
+        100 * (accuracy[gain["config"]] - accuracy[gain["without"]]))
     assert "Error feedback's gain" in (tmp_path / "sweep" / "report" / "report.md").read_text()
+
+
+def test_the_gain_is_plotted_against_participation_when_the_sweep_spans_it(tmp_path):
+    from federated_research import feedback_gain
+
+    rows = [{"config": f"topk-{kind}-nclients{n}", "without": f"topk-none-nclients{n}",
+             "method": f"topk-nclients{n}", "feedback": kind, "participation": 10 / n,
+             "seeds": 3, "gain": gain, "gain_std": 0.5}
+            for kind, n, gain in (("ef14", 40, 2.6), ("ef14", 300, 0.4), ("ef21", 40, 1.9))]
+    path = feedback_gain.plot(rows, tmp_path, "participation")
+    assert path == tmp_path / "gain_vs_participation.png" and path.stat().st_size > 5000
+    assert feedback_gain.plot(rows[:1], tmp_path / "one", "one point") is None
+    assert "| topk-ef14-nclients300 | topk-none-nclients300 | 0.0333 | 3 | +0.40 |" in (
+        feedback_gain.markdown(rows))
