@@ -129,7 +129,8 @@ def _load(client, mlflow_run, tmp: str) -> Run:
 def load_runs(uri: str, experiment: str | None = None, parent: str | None = None,
               output_dir: str | None = None) -> tuple[list[Run], str | None]:
     """FINISHED runs of a parent run (`parent`: a run id, or `last` for the newest
-    sweep of `experiment`) or of an experiment; returns them and the parent's id."""
+    sweep of `experiment`) or of an experiment (`a,b`: of several); returns them and the
+    parent's id."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow import MlflowClient
 
@@ -141,11 +142,14 @@ def load_runs(uri: str, experiment: str | None = None, parent: str | None = None
             except Exception as exc:  # noqa: BLE001 - MLflow's own "not found"
                 raise ReportError(f"no run {parent} in {uri}") from exc
             experiment_ids = all_experiments(client)  # children may sit in other experiments
-        else:
-            found = client.get_experiment_by_name(experiment or "federated_research")
-            if found is None:
-                raise ReportError(f"no experiment {experiment!r} in {uri}")
-            experiment_ids = [found.experiment_id]
+        else:  # one experiment, or several joined by commas (one preset's runs beside
+            # another's, e.g. the participation sweep with the 10-of-40 runs it extends)
+            experiment_ids = []
+            for name in (experiment or "federated_research").split(","):
+                found = client.get_experiment_by_name(name.strip())
+                if found is None:
+                    raise ReportError(f"no experiment {name.strip()!r} in {uri}")
+                experiment_ids.append(found.experiment_id)
         if parent == "last":
             sweeps = client.search_runs(experiment_ids, "tags.run_type = 'sweep'",
                                         order_by=["attributes.start_time DESC"], max_results=1)

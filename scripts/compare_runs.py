@@ -87,7 +87,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tracking-uri", default=os.environ.get(
         "MLFLOW_TRACKING_URI", f"sqlite:///{Path.cwd() / 'mlflow.db'}"))
-    parser.add_argument("--experiment", default="federated_research")
+    parser.add_argument("--experiment", default="federated_research",
+                        help="an experiment's name, or several joined by commas")
     parser.add_argument("--parent", help="a sweep's parent run id, or `last`")
     parser.add_argument("--sweep", help="only runs whose output dir is under this folder")
     parser.add_argument("--target", type=float,

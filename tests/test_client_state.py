@@ -100,8 +100,9 @@ def test_error_feedback_matches_a_numpy_reference_step_by_step(kind):
 
 
 @pytest.fixture(scope="module")
-def comm_by_config():
-    """Per-client bits of a few configurations (linear model: fast to build)."""
+def built():
+    """A few configurations built once (linear model), read by several tests: built
+    parts keep no run's state."""
     configs = {
         "topk": ["aggregator=topk", "aggregator.fraction=0.1", "algorithm=custom_fedavg"],
         "topk-tff": ["aggregator=topk", "aggregator.fraction=0.1"],
@@ -116,12 +117,11 @@ def comm_by_config():
         "scaffold": ["algorithm=scaffold"],
         "scaffold-drive": ["algorithm=scaffold", "aggregator=drive"],
     }
-    return {name: build_run_parts(compose_config([*TINY, *o])).comm.describe()["per_client_bits"]
-            for name, o in configs.items()}
+    return {name: build_run_parts(compose_config([*TINY, *o])) for name, o in configs.items()}
 
 
-def test_client_state_is_never_counted_as_traffic(comm_by_config):
-    bits = comm_by_config
+def test_client_state_is_never_counted_as_traffic(built):
+    bits = {name: parts.comm.describe()["per_client_bits"] for name, parts in built.items()}
     # algorithm=fedavg as typed runs on our Federated Core FedAvg when clients keep
     # state: the model's traffic is the same; TFF's builder also broadcasts the client
     # learning rate (32 control bits down), which ours does not
@@ -197,9 +197,8 @@ def test_stateful_fedavg_without_state_equals_the_plain_one_bit_for_bit():
             k: v for k, v in stateful_logged[step].items() if k.startswith(("train/", "comm/"))}
 
 
-def test_fedavg_with_error_feedback_logs_its_memory_and_staleness():
-    parts = build_run_parts(compose_config([*TINY, "aggregator=topk",
-                                            "aggregator.error_feedback=ef14", "rounds=4"]))
+def test_fedavg_with_error_feedback_logs_its_memory_and_staleness(built):
+    parts = built["topk-ef14"]
     run, logged = _run(parts, 4)
     store = run.clients
     assert isinstance(store, MemoryStore) and len(store.written) > 3
@@ -220,9 +219,8 @@ def test_fedavg_with_error_feedback_logs_its_memory_and_staleness():
     assert sum(float(np.sum(leaf ** 2)) for leaf in residual) > 0
 
 
-def test_scaffold_first_round_is_fedavg_and_the_server_control_averages_the_clients():
-    fedavg = build_run_parts(compose_config([*TINY, "algorithm=custom_fedavg"]))
-    scaffold = build_run_parts(compose_config([*TINY, "algorithm=scaffold"]))
+def test_scaffold_first_round_is_fedavg_and_the_server_control_averages_the_clients(built):
+    fedavg, scaffold = built["custom_fedavg"], built["scaffold"]
     fedavg_run, _ = _run(fedavg, 1)
     scaffold_run, logged = _run(scaffold, 1)
     for a, b in zip(tf.nest.flatten(fedavg.algorithm.process.get_model_weights(fedavg_run.state)),
@@ -305,9 +303,8 @@ def test_feedback_where_it_makes_no_sense_is_refused_in_one_line(overrides, says
     assert isinstance(caught.value, ConfigError) or "Fix:" in line
 
 
-def test_the_disk_store_keeps_states_in_files_and_a_resumed_loop_reads_them(tmp_path):
-    parts = build_run_parts(compose_config([*TINY, "aggregator=topk",
-                                            "aggregator.error_feedback=ef21"]))
+def test_the_disk_store_keeps_states_in_files_and_a_resumed_loop_reads_them(tmp_path, built):
+    parts = built["topk-ef21"]
     store = DiskStore([np.asarray(x) for x in tf.nest.flatten(parts.algorithm.client_state)],
                       list(parts.data.train.client_ids), tmp_path / "client_state")
     run, logged = _run(parts, 2, clients=store)

@@ -46,11 +46,18 @@ def _weights(folder: Path) -> list[np.ndarray]:
     return tf.keras.models.load_model(folder / "model.keras", compile=False).get_weights()
 
 
+def _client_states(folder: Path) -> dict[str, np.ndarray]:
+    return {f.name: np.load(f) for f in folder.glob("*.npy")}
+
+
 def test_kill_9_then_resume_equals_a_run_that_never_stopped(tmp_path, mlflow_uri, run_cli):
-    """A stochastic compressor, checkpoints every 4 rounds, killed after its second."""
+    """A stochastic compressor inside error feedback, its clients' residuals in files
+    (the disk store), checkpoints every 4 rounds, killed after its second: SIGKILL may
+    land between a round's client files and its checkpoint."""
     rounds = 12  # killed at round 8 or 9, resumed from round 8: the last third is redone
-    common = [*LINEAR, "aggregator=drive", f"rounds={rounds}", "eval_every=1",
-              "checkpoint_every=4"]
+    common = [*LINEAR, "aggregator=drive", "aggregator.error_feedback=ef14",
+              "client_state.store=disk", "dataset.num_clients=8", f"rounds={rounds}",
+              "eval_every=1", "checkpoint_every=4"]
     whole = run_cli(*common, f"hydra.run.dir={tmp_path}/whole")
     assert whole.returncode == 0, whole.stderr[-3000:]
 
@@ -92,6 +99,16 @@ def test_kill_9_then_resume_equals_a_run_that_never_stopped(tmp_path, mlflow_uri
         assert board[tag] == want[tag], tag
     for a, b in zip(_weights(killed), _weights(tmp_path / "whole"), strict=True):
         np.testing.assert_array_equal(a, b)
+    # every client's residual, in the live store and in the last checkpoint, bit for bit
+    for folder in ("client_state", f"checkpoints/round_{rounds}/client_state"):
+        want = _client_states(tmp_path / "whole" / folder)
+        got = _client_states(killed / folder)
+        assert sorted(got) == sorted(want) and len(want) >= 2 * 6, folder
+        for name, values in want.items():
+            np.testing.assert_array_equal(got[name], values, err_msg=f"{folder}/{name}")
+        assert any(np.any(v) for v in want.values())
+    assert (killed / f"checkpoints/round_{rounds}/client_state/written.json").read_text() == (
+        tmp_path / f"whole/checkpoints/round_{rounds}/client_state/written.json").read_text()
 
     changed = run_cli(f"resume={killed}", "client_optimizer.learning_rate=0.5")
     assert changed.returncode == 2

@@ -70,14 +70,14 @@ STATEFUL = {  # clients that remember (SCAFFOLD's control variates and the ef14 
 @pytest.fixture(scope="module", params=["mean", "drive", *STATEFUL])
 def resumed_and_whole(request, tmp_path_factory):
     """One run of ROUNDS rounds, and one that stops after 3 and is resumed from its
-    checkpoint (saved every 2 rounds and at the end) in a freshly built process."""
+    checkpoint (saved every 2 rounds and at the end) in a freshly built process (the
+    first two share one build, which they could not if a build kept a run's state)."""
     extra, store = STATEFUL.get(request.param, ([f"aggregator={request.param}"], "memory"))
     overrides = [*TINY, *extra]
     whole_dir, split_dir = (tmp_path_factory.mktemp(n) for n in ("whole", "split"))
-    whole, _ = _train(build_run_parts(compose_config(overrides)), whole_dir, ROUNDS, 2, False,
-                      store)
-    first, saved = _train(build_run_parts(compose_config(overrides)), split_dir, 3, 2, False,
-                          store)
+    parts = build_run_parts(compose_config(overrides))  # built parts keep no run's state
+    whole, _ = _train(parts, whole_dir, ROUNDS, 2, False, store)
+    first, saved = _train(parts, split_dir, 3, 2, False, store)
     resumed, _ = _train(build_run_parts(compose_config(overrides)), split_dir, ROUNDS, 2, True,
                         store)
     return request.param, whole, whole_dir, first, saved, resumed, split_dir

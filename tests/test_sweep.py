@@ -4,6 +4,8 @@ names, HParams read back with TensorBoard's reader, Optuna trials, the report.""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from federated_research.report import ReportError, load_runs, summarise
 from federated_research.tracking.sweep import PARENT_TAG, SWEEP_FILE, job_run_name, swept_keys
+from tests.conftest import cli_env
 
 GROUPS = ["dataset", "model", "aggregator", "distributor", "optimizer@client_optimizer",
           "optimizer@server_optimizer", "experiment"]
@@ -63,39 +66,81 @@ def _hparams(logdir: Path) -> dict[str, object]:
             for k, v in info.hparams.items()} | {"_group": info.group_name}
 
 
-def test_a_sweep_is_one_parent_with_named_children_hparams_and_a_report(tmp_path, mlflow_uri,
-                                                                        run_cli):
-    done = run_cli("aggregator=mean,drive", "rounds=2", "model=linear", "clients_per_round=3",
-                   "eval_every=1", "fed_eval.every=2", "fed_eval.clients=3",
-                   "hydra.sweep.dir=sweep", multirun=True)
+# One sweep read by several tests: three aggregators x two seeds, two jobs at a time
+# (joblib) in a new store, the seed-7 jobs run again, one at a time, by the
+# reproducibility test (a sweep job costs ~10 s: built once, read twice).
+SEEDED = ["aggregator=mean,compression,drive", "model=linear", "rounds=2",
+          "clients_per_round=3", "eval_every=1", "fed_eval.every=2", "fed_eval.clients=3"]
+REPRODUCED = ["train/loss", "train/accuracy", "eval/loss", "eval/accuracy",
+              "comm/aggregated_bits_cumulative"]
+
+
+def _sweep(folder: Path, uri: str, *overrides: str) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "federated_research.train", "-m",
+            "tracking.progress_bar=false", *overrides, f"hydra.sweep.dir={folder}/sweep",
+            "hydra.sweep.subdir=${hydra.job.num}"]
+    return subprocess.run(args, cwd=folder, env=cli_env(uri), capture_output=True, text=True,
+                          timeout=600)
+
+
+def _jobs(sweep: Path) -> dict[tuple[str, str], dict]:
+    """(aggregator, seed) -> the job's summary.json, read from its own overrides."""
+    found = {}
+    for job in sweep.glob("[0-9]*"):
+        given = dict(o.split("=", 1) for o in
+                     OmegaConf.load(job / ".hydra" / "overrides.yaml"))
+        found[given["aggregator"], given["seed"]] = json.loads(
+            (job / "summary.json").read_text())
+    return found
+
+
+@pytest.fixture(scope="module")
+def seeded_sweep(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("seeded")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    return folder, uri, _sweep(folder, uri, *SEEDED, "seed=7,8", "hydra/launcher=joblib",
+                               "hydra.launcher.n_jobs=2")
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("seeded_sweep")
+def test_a_sweep_is_one_parent_with_named_children_hparams_and_a_report(seeded_sweep):
+    folder, mlflow_uri, done = seeded_sweep
     assert done.returncode == 0, done.stderr[-3000:]
     console = done.stdout + done.stderr
     assert "alembic" not in console and "Migration" not in console  # a new store, quietly
+    assert "SweepTracking" not in console  # the store and parent were made before the jobs
     job_lines = [line for line in console.splitlines() if "] - job " in line]
-    assert len(job_lines) == 2 and "drive: eval accuracy" in job_lines[1], job_lines
+    assert len(job_lines) == 6 and any("drive-seed8: eval accuracy" in line
+                                       for line in job_lines), job_lines
     assert "mlflow ui --backend-store-uri" in console and "tensorboard --logdir" in console
 
+    # jobs side by side in one new store, without a race, children of one parent
     client, parents, kids = _family(mlflow_uri)
-    assert len(parents) == 1 and len(kids) == 2
+    assert len(parents) == 1 and len(kids) == 6
     parent = parents[0]
-    assert parent.info.status == "FINISHED"
+    assert parent.info.status == "FINISHED" and {k.info.status for k in kids} == {"FINISHED"}
+    assert len({r.info.experiment_id for r in [*parents, *kids]}) == 1
     assert {k.data.tags[PARENT_TAG] for k in kids} == {parent.info.run_id}
     assert {k.data.tags["sweep_id"] for k in kids} == {parent.data.tags["sweep_id"]}
-    assert {k.info.run_name for k in kids} == {"mean", "drive"}
-    assert parent.data.params["sweep.aggregator"] == "mean,drive"
-    assert parent.data.tags["launcher"] == "BasicLauncher"
-    sweep = tmp_path / "sweep"
+    assert {k.info.run_name for k in kids} == {f"{a}-seed{s}" for a in
+                                               ("mean", "compression", "drive") for s in (7, 8)}
+    assert parent.data.params["sweep.aggregator"] == "mean,compression,drive"
+    assert parent.data.params["sweep.seed"] == "7,8"
+    assert parent.data.tags["launcher"] == "JoblibLauncher"
+    sweep = folder / "sweep"
     assert json.loads((sweep / SWEEP_FILE).read_text())["parent_run_id"] == parent.info.run_id
-    assert client.get_run(parent.info.run_id).data.metrics["sweep/jobs"] == 2
+    assert client.get_run(parent.info.run_id).data.metrics["sweep/jobs"] == 6
 
     # HParams: each job's hyper-parameters beside its scalars; the table at the root
     sessions = {}
     for board in sweep.glob("*/tensorboard"):
         found = _hparams(board)
-        sessions[found["aggregator"]] = found
-    assert set(sessions) == {"mean", "drive"}
-    assert sessions["drive"]["model"] == "linear" and sessions["drive"]["rounds"] == 2.0
-    assert sessions["drive"]["_group"] == "drive"
+        sessions[found["aggregator"], found["seed"]] = found
+    assert set(sessions) == {(a, s) for a in ("mean", "compression", "drive") for s in (7, 8)}
+    drive = sessions["drive", 8]
+    assert drive["model"] == "linear" and drive["rounds"] == 2.0
+    assert drive["_group"] == "drive-seed8"
     root = EventAccumulator(str(sweep))
     root.Reload()
     experiment = hparams_metadata.parse_experiment_plugin_data(
@@ -103,18 +148,38 @@ def test_a_sweep_is_one_parent_with_named_children_hparams_and_a_report(tmp_path
     assert {"aggregator", "seed"} <= {h.name for h in experiment.hparam_infos}
     assert "eval/accuracy" in {m.name.tag for m in experiment.metric_infos}
 
-    # the report, on the parent run and in the sweep dir
+    # the report, on the parent run and in the sweep dir: a row per config, seeds pooled
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/report.md", "report/rate_accuracy.png", "report/pareto.png",
             "report/accuracy_vs_round.png", "report/evaluation.png"} <= artifacts
     rows = json.loads((sweep / "report" / "report.json").read_text())["rows"]
     by_config = {r["config"]: r for r in rows}
-    mean_up = client.get_run(next(k.info.run_id for k in kids if k.info.run_name == "mean")
+    assert set(by_config) == {"mean", "compression", "drive"}
+    assert by_config["compression"]["up_bits"] < by_config["mean"]["up_bits"] / 3
+    mean_up = client.get_run(next(k.info.run_id for k in kids if k.info.run_name == "mean-seed7")
                              ).data.metrics["comm/aggregated_bits_cumulative"]
     assert by_config["mean"]["up_bits"] == mean_up
     assert by_config["drive"]["up_ratio"] > 20  # 1 bit a coordinate against 32
     assert (sweep / "report" / "pareto.png").stat().st_size > 10_000
     assert "## Report" in client.get_run(parent.info.run_id).data.tags["mlflow.note.content"]
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("seeded_sweep")
+def test_same_seed_same_metrics_other_seed_other_metrics(seeded_sweep, tmp_path, mlflow_uri):
+    folder, _, first = seeded_sweep
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = _sweep(tmp_path, mlflow_uri, *SEEDED, "seed=7")  # the seed-7 jobs, once more
+    assert again.returncode == 0, again.stderr[-3000:]
+    before, after = _jobs(folder / "sweep"), _jobs(tmp_path / "sweep")
+    assert len(before) == 6 and len(after) == 3
+    for aggregator in ("mean", "compression", "drive"):
+        same = [{k: run[k] for k in REPRODUCED} for run in
+                (before[aggregator, "7"], after[aggregator, "7"])]
+        assert same[0] == same[1], aggregator  # each reproduces its seed
+        assert before[aggregator, "8"]["train/loss"] != same[0]["train/loss"], aggregator
+    losses = {before[a, "7"]["train/loss"] for a in ("mean", "compression", "drive")}
+    assert len(losses) == 3
 
 
 def test_a_sweeps_children_are_found_in_other_experiments(mlflow_uri, tmp_path):
@@ -162,26 +227,19 @@ def test_an_optuna_search_lands_its_trials_under_one_parent(tmp_path, mlflow_uri
     assert "best_value" in best
 
 
-def test_the_report_refuses_what_it_cannot_find(mlflow_uri):
-    with pytest.raises(ReportError, match="no experiment"):
-        load_runs(mlflow_uri, experiment="nothing")
+def test_the_report_reads_several_experiments_and_refuses_what_it_cannot_find(mlflow_uri):
+    client = MlflowClient(mlflow_uri)
+    made = []
+    for name in ("first", "second"):
+        made.append(client.create_run(client.create_experiment(name)).info.run_id)
+        client.set_terminated(made[-1], "FINISHED")
+    runs, _ = load_runs(mlflow_uri, experiment="first, second")
+    assert sorted(r.run_id for r in runs) == sorted(made)
+    assert len(load_runs(mlflow_uri, experiment="second")[0]) == 1
+    with pytest.raises(ReportError, match="no experiment 'nothing'"):
+        load_runs(mlflow_uri, experiment="first,nothing")
     with pytest.raises(ReportError, match="no FINISHED run"):
         summarise([])
-
-
-@pytest.mark.slow
-def test_the_ray_launcher_runs_a_sweep_on_a_local_ray(tmp_path, mlflow_uri, run_cli):
-    """Hydra's Ray launcher for real: a Ray started on this machine, two jobs at once."""
-    done = run_cli("hydra/launcher=ray_cluster", "aggregator=mean,drive", "rounds=1",
-                   "model=linear", "clients_per_round=2", multirun=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "Started a local Ray instance" in done.stderr
-    _, parents, kids = _family(mlflow_uri)
-    assert len(parents) == 1 and parents[0].data.tags["launcher"] == "RayLauncher"
-    assert parents[0].info.status == "FINISHED"
-    assert sorted(k.info.run_name for k in kids) == ["drive", "mean"]
-    assert {k.info.status for k in kids} == {"FINISHED"}
-    assert {k.data.tags[PARENT_TAG] for k in kids} == {parents[0].info.run_id}
 
 
 def test_the_arms_sweeper_runs_each_arm_with_each_grid_point():
@@ -200,17 +258,27 @@ def test_the_arms_sweeper_runs_each_arm_with_each_grid_point():
     assert [len(batch) for batch in sweeper.split_arguments(overrides, 3)] == [3, 1]
 
 
-def test_an_error_feedback_sweep_reports_its_gain(tmp_path, mlflow_uri, run_cli):
-    """The arms sweeper through the real command line, and the report's feedback table."""
+@pytest.mark.slow
+def test_a_feedback_sweep_runs_on_a_local_ray_and_reports_its_gain(tmp_path, mlflow_uri,
+                                                                   run_cli):
+    """Hydra's Ray launcher for real (a Ray started on this machine, two jobs at once),
+    driven by the arms sweeper through the real command line; the report's feedback
+    table from what the two jobs logged."""
     arms = "['aggregator=topk aggregator.error_feedback=none'," \
            "'aggregator=topk aggregator.error_feedback=ef14']"
-    done = run_cli("hydra/sweeper=arms", f"hydra.sweeper.arms={arms}", "model=linear",
-                   "rounds=2", "clients_per_round=2", "dataset.num_clients=4",
-                   "checkpoint_every=0", "hydra.sweep.dir=sweep", multirun=True)
+    done = run_cli("hydra/launcher=ray_cluster", "hydra/sweeper=arms",
+                   f"hydra.sweeper.arms={arms}", "model=linear", "rounds=2",
+                   "clients_per_round=2", "dataset.num_clients=4", "checkpoint_every=0",
+                   "hydra.sweep.dir=sweep", multirun=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    client, parents, kids = _family(mlflow_uri)
-    assert len(kids) == 2 and {k.info.status for k in kids} == {"FINISHED"}
-    assert {k.info.run_name for k in kids} == {"topk-none", "topk-ef14"}
+    assert "Started a local Ray instance" in done.stderr
+    _, parents, kids = _family(mlflow_uri)
+    assert len(parents) == 1 and parents[0].data.tags["launcher"] == "RayLauncher"
+    assert parents[0].data.tags["sweeper"] == "ArmsSweeper"
+    assert parents[0].info.status == "FINISHED"
+    assert {k.info.status for k in kids} == {"FINISHED"}
+    assert sorted(k.info.run_name for k in kids) == ["topk-ef14", "topk-none"]
+    assert {k.data.tags[PARENT_TAG] for k in kids} == {parents[0].info.run_id}
     report = json.loads((tmp_path / "sweep" / "report" / "report.json").read_text())
     (gain,) = report["feedback_gains"]
     accuracy = {r["config"]: r["accuracy"] for r in report["rows"]}

@@ -83,33 +83,6 @@ def test_two_rounds_are_tracked_identically_in_mlflow_and_tensorboard(tmp_path, 
     assert _history(client, run.info.run_id, "train/num_examples")[0] > 0
 
 
-def test_multirun_gives_one_run_per_job_side_by_side(tmp_path, mlflow_uri, run_cli):
-    """In parallel (joblib launcher): the jobs share one new SQLite store, without a race,
-    as children of the sweep's parent run."""
-    done = run_cli("hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                   "aggregator=mean,compression", "rounds=1", "clients_per_round=2",
-                   "model=cnn", multirun=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "SweepTracking" not in done.stderr  # the store and parent were made before the jobs
-    client, every = _runs(mlflow_uri)
-    parents = [r for r in every if r.data.tags.get("run_type") == "sweep"]
-    runs = [r for r in every if r.data.tags.get("run_type") != "sweep"]
-    assert len(parents) == 1 and parents[0].data.tags["launcher"] == "JoblibLauncher"
-    assert len(runs) == 2 and len({r.info.experiment_id for r in every}) == 1
-    assert {r.info.status for r in every} == {"FINISHED"}
-    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parents[0].info.run_id}
-    by_aggregator = {r.data.tags["aggregator"]: r for r in runs}
-    assert set(by_aggregator) == {"mean", "compression"}
-    up = {name: _history(client, r.info.run_id, "comm/aggregated_bits")[0]
-          for name, r in by_aggregator.items()}
-    assert up["compression"] < up["mean"] / 3
-    boards = sorted(tmp_path.glob("multirun/*/*/*/tensorboard"))
-    names = [b.parent.name for b in boards]
-    assert names[0].startswith("0_aggregator=mean,") and names[1].startswith(
-        "1_aggregator=compression,"), names
-    assert all(_tensorboard(b)["comm/aggregated_bits"] for b in boards)
-
-
 @pytest.mark.parametrize(("overrides", "expected"), [
     (["rounds=-1"], "error: rounds=-1: must be 0 or more. Fix: pass e.g. rounds=20"),
     (["clients_per_round=0"], "error: clients_per_round=0: must be at least 1"),
@@ -322,18 +295,3 @@ def test_a_signal_marks_the_run_killed_and_stops_the_worker(tmp_path, mlflow_uri
     assert (tmp_path / "out" / "checkpoints" / f"round_{done}" / "state.npz").is_file()
     time.sleep(1)
     assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
-
-
-def test_same_seed_same_metrics_other_seed_other_metrics(tmp_path, mlflow_uri, run_cli):
-    done = run_cli("aggregator=mean,compression,drive", "seed=7,7,8", "model=linear", "rounds=2",
-                   "clients_per_round=3", "eval_every=1", f"hydra.sweep.dir={tmp_path}/sweep",
-                   "hydra.sweep.subdir=${hydra.job.num}", multirun=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-    keys = ["train/loss", "train/accuracy", "eval/loss", "eval/accuracy",
-            "comm/aggregated_bits_cumulative"]
-    results = [{k: json.loads((tmp_path / "sweep" / str(n) / "summary.json").read_text())[k]
-                for k in keys} for n in range(9)]
-    for first, again, other in (results[0:3], results[3:6], results[6:9]):
-        assert first == again  # mean, compression, drive: each reproduces its seed
-        assert first["train/loss"] != other["train/loss"]
-    assert results[0]["train/loss"] != results[3]["train/loss"] != results[6]["train/loss"]
