@@ -21,7 +21,7 @@ from federated_research.sync import sync
 from federated_research.tracking import Tracker
 from federated_research.tracking.journal import MetricJournal, read_journal
 from federated_research.tracking.mlflow_sink import Delivery, MlflowRun, MlflowSink
-from tests.conftest import cli_env, start_mlflow_server, stop_mlflow_server
+from tests.conftest import REPO, cli_env, start_mlflow_server, stop_mlflow_server
 from tests.test_train_cli import LINEAR_BITS, _runs, _tensorboard
 
 LINEAR = ["model=linear", "clients_per_round=3"]
@@ -239,3 +239,30 @@ def test_an_output_folder_that_cannot_be_written_fails_in_one_line(tmp_path, run
     line, = done.stderr.strip().splitlines()
     assert line.startswith("error: cannot write ") and says in line
     assert "hydra.run.dir=<a writable folder>" in line
+
+
+def test_the_memory_profile_holds_a_stateful_run_to_its_rss_net_of_the_store(tmp_path):
+    """scripts/memory_profile.py --run-dir on a journal: a memory store that fills up
+    passes when the rest stays flat, and fails when the rest grows."""
+    for name, leak in (("flat", 0.0), ("leaking", 2.0)):
+        (tmp_path / name).mkdir()
+        journal = MetricJournal(tmp_path / name)
+        for step in range(100):
+            store = min(step, 40) * 6.0 * 2**20  # 40 clients of 6 MiB, then all met
+            journal.log_metrics({"system/rss_mib": 1000 + store / 2**20 + leak * step,
+                                 "system/worker_rss_mib": 900.0,
+                                 "client_state/memory_bytes": store,
+                                 "client_state/disk_bytes": 0.0}, step)
+        journal.close("FINISHED")
+    script = [sys.executable, "scripts/memory_profile.py", "--every", "50", "--run-dir"]
+    flat = subprocess.run([*script, str(tmp_path / "flat")], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert flat.returncode == 0, flat.stdout + flat.stderr
+    assert "run-store" in flat.stdout and "net: +0.0% from round 50 to 100" in flat.stdout
+    assert "run: +" in flat.stdout  # the store's growth shows, and is not held against it
+    leaking = subprocess.run([*script, str(tmp_path / "leaking")], cwd=REPO,
+                             capture_output=True, text=True, timeout=60)
+    assert leaking.returncode == 1 and "memory grew by more than 5.0%" in leaking.stderr
+    missing = subprocess.run([*script, str(tmp_path / "nothing")], cwd=REPO,
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and missing.stderr.startswith("error: --run-dir")
