@@ -17,6 +17,7 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 from federated_research.report import ReportError, load_runs, summarise
 from federated_research.tracking.sweep import PARENT_TAG, SWEEP_FILE, job_run_name, swept_keys
 from tests.conftest import cli_env
+from tests.test_train_cli import LINEAR_BITS, _tensorboard
 
 GROUPS = ["dataset", "model", "aggregator", "distributor", "optimizer@client_optimizer",
           "optimizer@server_optimizer", "experiment"]
@@ -55,6 +56,10 @@ def _family(uri: str):
     return client, parents, kids
 
 
+def _metric(client: MlflowClient, run_id: str, key: str) -> dict[int, float]:
+    return {m.step: m.value for m in client.get_metric_history(run_id, key)}
+
+
 def _hparams(logdir: Path) -> dict[str, object]:
     """The session-start hyper-parameters TensorBoard's HParams plugin reads in `logdir`."""
     acc = EventAccumulator(str(logdir))
@@ -66,11 +71,13 @@ def _hparams(logdir: Path) -> dict[str, object]:
             for k, v in info.hparams.items()} | {"_group": info.group_name}
 
 
-# One sweep read by several tests: three aggregators x two seeds, two jobs at a time
-# (joblib) in a new store, the seed-7 jobs run again, one at a time, by the
-# reproducibility test (a sweep job costs ~10 s: built once, read twice).
-SEEDED = ["aggregator=mean,compression,drive", "model=linear", "rounds=2",
-          "clients_per_round=3", "eval_every=1", "fed_eval.every=2", "fed_eval.clients=3"]
+# One sweep read by several tests: three aggregators x two seeds, each with a quantising
+# downlink, two jobs at a time (joblib) in a new store; the seed-7 jobs run again, one
+# at a time, by the reproducibility test (a sweep job costs ~10 s: built once, read
+# by several tests).
+SEEDED = ["aggregator=mean,compression,drive", "distributor=rotated_quantize", "model=linear",
+          "rounds=2", "clients_per_round=3", "eval_every=1", "fed_eval.every=2",
+          "fed_eval.clients=3"]
 REPRODUCED = ["train/loss", "train/accuracy", "eval/loss", "eval/accuracy",
               "comm/aggregated_bits_cumulative"]
 
@@ -83,15 +90,20 @@ def _sweep(folder: Path, uri: str, *overrides: str) -> subprocess.CompletedProce
                           timeout=600)
 
 
-def _jobs(sweep: Path) -> dict[tuple[str, str], dict]:
-    """(aggregator, seed) -> the job's summary.json, read from its own overrides."""
+def _job_dirs(sweep: Path) -> dict[tuple[str, str], Path]:
+    """(aggregator, seed) -> the job's output folder, read from its own overrides."""
     found = {}
     for job in sweep.glob("[0-9]*"):
         given = dict(o.split("=", 1) for o in
                      OmegaConf.load(job / ".hydra" / "overrides.yaml"))
-        found[given["aggregator"], given["seed"]] = json.loads(
-            (job / "summary.json").read_text())
+        found[given["aggregator"], given["seed"]] = job
     return found
+
+
+def _jobs(sweep: Path) -> dict[tuple[str, str], dict]:
+    """(aggregator, seed) -> the job's summary.json."""
+    return {key: json.loads((job / "summary.json").read_text())
+            for key, job in _job_dirs(sweep).items()}
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +167,6 @@ def test_a_sweep_is_one_parent_with_named_children_hparams_and_a_report(seeded_s
     rows = json.loads((sweep / "report" / "report.json").read_text())["rows"]
     by_config = {r["config"]: r for r in rows}
     assert set(by_config) == {"mean", "compression", "drive"}
-    assert by_config["compression"]["up_bits"] < by_config["mean"]["up_bits"] / 3
     mean_up = client.get_run(next(k.info.run_id for k in kids if k.info.run_name == "mean-seed7")
                              ).data.metrics["comm/aggregated_bits_cumulative"]
     assert by_config["mean"]["up_bits"] == mean_up
@@ -180,6 +191,34 @@ def test_same_seed_same_metrics_other_seed_other_metrics(seeded_sweep, tmp_path,
         assert before[aggregator, "8"]["train/loss"] != same[0]["train/loss"], aggregator
     losses = {before[a, "7"]["train/loss"] for a in ("mean", "compression", "drive")}
     assert len(losses) == 3
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("seeded_sweep")
+def test_compressed_both_ways_logs_fewer_bits_and_the_errors(seeded_sweep, tmp_path):
+    """The sweep's DRIVE job: rotated quantisation down, DRIVE up, their bits and errors
+    in MLflow and TensorBoard alike."""
+    folder, mlflow_uri, done = seeded_sweep
+    assert done.returncode == 0, done.stderr[-3000:]
+    client, _, kids = _family(mlflow_uri)
+    run_id = next(k.info.run_id for k in kids if k.info.run_name == "drive-seed7")
+    comm = json.loads(Path(client.download_artifacts(run_id, "comm_bits.json", str(
+        tmp_path))).read_text())["per_client_bits"]
+    down = _metric(client, run_id, "comm/broadcasted_bits")
+    up = _metric(client, run_id, "comm/aggregated_bits")
+    assert down == {0: 3 * comm["model_down"], 1: 3 * comm["model_down"]}
+    assert comm["model_down"] < LINEAR_BITS / 4 and comm["model_up"] < LINEAR_BITS / 16
+    assert up[0] == 3 * comm["model_up"]
+    assert comm["diagnostic_up"] == LINEAR_BITS + 32  # the exact mean, counted apart
+    board = _tensorboard(_job_dirs(folder / "sweep")["drive", "7"] / "tensorboard")
+    for key in ("comm/update_mse", "comm/update_nmse", "comm/broadcast_mse",
+                "comm/broadcast_nmse"):
+        logged = _metric(client, run_id, key)
+        assert sorted(logged) == [0, 1] and logged[1] > 0, key
+        assert board[key] == pytest.approx(logged, rel=1e-6), key
+    # The linear model starts at zero, which quantises exactly; updates never do.
+    assert _metric(client, run_id, "comm/broadcast_mse")[0] == 0
+    assert _metric(client, run_id, "comm/update_nmse")[0] > 0
 
 
 def test_a_sweeps_children_are_found_in_other_experiments(mlflow_uri, tmp_path):
