@@ -71,13 +71,14 @@ def _hparams(logdir: Path) -> dict[str, object]:
             for k, v in info.hparams.items()} | {"_group": info.group_name}
 
 
-# One sweep read by several tests: three aggregators x two seeds, each with a quantising
-# downlink, two jobs at a time (joblib) in a new store; the seed-7 jobs run again, one
-# at a time, by the reproducibility test (a sweep job costs ~10 s: built once, read
-# by several tests).
-SEEDED = ["aggregator=mean,compression,drive", "distributor=rotated_quantize", "model=linear",
-          "rounds=2", "clients_per_round=3", "eval_every=1", "fed_eval.every=2",
-          "fed_eval.clients=3"]
+# One sweep read by several tests: three arms (DRIVE with a quantising downlink) x two
+# seeds, two jobs at a time (joblib) in a new store; the seed-7 jobs run again, one at a
+# time, by the reproducibility test (a sweep job costs ~10 s: built once, read by
+# several tests).
+SEEDED = ["hydra/sweeper=arms", "hydra.sweeper.arms=['aggregator=mean','aggregator=compression',"
+          "'aggregator=drive distributor=rotated_quantize']", "model=linear", "rounds=2",
+          "clients_per_round=3", "eval_every=1", "fed_eval.every=2", "fed_eval.clients=3"]
+NAMES = {"mean": "mean", "compression": "compression", "drive": "drive-rotated_quantize"}
 REPRODUCED = ["train/loss", "train/accuracy", "eval/loss", "eval/accuracy",
               "comm/aggregated_bits_cumulative"]
 
@@ -123,7 +124,7 @@ def test_a_sweep_is_one_parent_with_named_children_hparams_and_a_report(seeded_s
     assert "alembic" not in console and "Migration" not in console  # a new store, quietly
     assert "SweepTracking" not in console  # the store and parent were made before the jobs
     job_lines = [line for line in console.splitlines() if "] - job " in line]
-    assert len(job_lines) == 6 and any("drive-seed8: eval accuracy" in line
+    assert len(job_lines) == 6 and any("drive-rotated_quantize-seed8: eval accuracy" in line
                                        for line in job_lines), job_lines
     assert "mlflow ui --backend-store-uri" in console and "tensorboard --logdir" in console
 
@@ -135,10 +136,10 @@ def test_a_sweep_is_one_parent_with_named_children_hparams_and_a_report(seeded_s
     assert len({r.info.experiment_id for r in [*parents, *kids]}) == 1
     assert {k.data.tags[PARENT_TAG] for k in kids} == {parent.info.run_id}
     assert {k.data.tags["sweep_id"] for k in kids} == {parent.data.tags["sweep_id"]}
-    assert {k.info.run_name for k in kids} == {f"{a}-seed{s}" for a in
-                                               ("mean", "compression", "drive") for s in (7, 8)}
-    assert parent.data.params["sweep.aggregator"] == "mean,compression,drive"
+    assert {k.info.run_name for k in kids} == {f"{n}-seed{s}" for n in NAMES.values()
+                                               for s in (7, 8)}
     assert parent.data.params["sweep.seed"] == "7,8"
+    assert parent.data.tags["sweeper"] == "ArmsSweeper"
     assert parent.data.tags["launcher"] == "JoblibLauncher"
     sweep = folder / "sweep"
     assert json.loads((sweep / SWEEP_FILE).read_text())["parent_run_id"] == parent.info.run_id
@@ -152,7 +153,9 @@ def test_a_sweep_is_one_parent_with_named_children_hparams_and_a_report(seeded_s
     assert set(sessions) == {(a, s) for a in ("mean", "compression", "drive") for s in (7, 8)}
     drive = sessions["drive", 8]
     assert drive["model"] == "linear" and drive["rounds"] == 2.0
-    assert drive["_group"] == "drive-seed8"
+    assert drive["_group"] == "drive-rotated_quantize-seed8"
+    assert drive["distributor"] == "rotated_quantize" and sessions["mean", 8][
+        "distributor"] == "plain"
     root = EventAccumulator(str(sweep))
     root.Reload()
     experiment = hparams_metadata.parse_experiment_plugin_data(
@@ -166,11 +169,12 @@ def test_a_sweep_is_one_parent_with_named_children_hparams_and_a_report(seeded_s
             "report/accuracy_vs_round.png", "report/evaluation.png"} <= artifacts
     rows = json.loads((sweep / "report" / "report.json").read_text())["rows"]
     by_config = {r["config"]: r for r in rows}
-    assert set(by_config) == {"mean", "compression", "drive"}
+    assert set(by_config) == set(NAMES.values()), sorted(by_config)
     mean_up = client.get_run(next(k.info.run_id for k in kids if k.info.run_name == "mean-seed7")
                              ).data.metrics["comm/aggregated_bits_cumulative"]
     assert by_config["mean"]["up_bits"] == mean_up
-    assert by_config["drive"]["up_ratio"] > 20  # 1 bit a coordinate against 32
+    drive = by_config[NAMES["drive"]]
+    assert drive["up_ratio"] > 20 and drive["down_ratio"] > 4  # 1 bit against 32, 8 bits
     assert (sweep / "report" / "pareto.png").stat().st_size > 10_000
     assert "## Report" in client.get_run(parent.info.run_id).data.tags["mlflow.note.content"]
 
@@ -201,7 +205,7 @@ def test_compressed_both_ways_logs_fewer_bits_and_the_errors(seeded_sweep, tmp_p
     folder, mlflow_uri, done = seeded_sweep
     assert done.returncode == 0, done.stderr[-3000:]
     client, _, kids = _family(mlflow_uri)
-    run_id = next(k.info.run_id for k in kids if k.info.run_name == "drive-seed7")
+    run_id = next(k.info.run_id for k in kids if k.info.run_name == f"{NAMES['drive']}-seed7")
     comm = json.loads(Path(client.download_artifacts(run_id, "comm_bits.json", str(
         tmp_path))).read_text())["per_client_bits"]
     down = _metric(client, run_id, "comm/broadcasted_bits")
