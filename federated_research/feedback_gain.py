@@ -16,10 +16,17 @@ from pathlib import Path
 FEEDBACK_KEY = "aggregator.error_feedback"
 
 
-def _participation(params: dict) -> float | None:
+def _participation(params: dict, runs: list) -> float | None:
+    """Clients a round over the population: `dataset.num_clients` when the config cuts
+    the data into clients, else the training clients the runs logged
+    (`data/train_clients`: a real federated dataset's writers)."""
     try:
-        return float(params["clients_per_round"]) / float(params["dataset.num_clients"])
-    except (KeyError, ValueError, ZeroDivisionError):
+        population = float(params["dataset.num_clients"])
+    except (KeyError, ValueError):  # absent, or "None": the dataset's own clients
+        population = next((r.train_clients for r in runs if r.train_clients), None)
+    try:
+        return float(params["clients_per_round"]) / population
+    except (KeyError, ValueError, TypeError, ZeroDivisionError):
         return None
 
 
@@ -42,7 +49,7 @@ def feedback_gains(configs: dict, labels: dict) -> list[dict]:
         if not gains:
             continue
         rows.append({"config": labels[key], "without": labels[twin], "feedback": kind,
-                     "participation": _participation(params), "seeds": len(gains),
+                     "participation": _participation(params, runs), "seeds": len(gains),
                      "gain": statistics.fmean(gains),
                      "gain_std": statistics.stdev(gains) if len(gains) > 1 else 0.0,
                      "method": labels[twin].removesuffix("-none")})

@@ -65,6 +65,7 @@ class Run:
     update_nmse: list[float]
     per_client: dict[str, int] = field(default_factory=dict)
     parameters: int | None = None
+    train_clients: int | None = None    # the population clients are sampled from
     # federated evaluation (fed_eval/*): pooled accuracy, and the per-client spread
     fed_eval: dict[str, dict[int, float]] = field(default_factory=dict)
 
@@ -104,6 +105,10 @@ def _history(client, run_id: str, key: str) -> dict[int, float]:
     return {m.step: m.value for m in client.get_metric_history(run_id, key)}
 
 
+def _int(value: float | None) -> int | None:
+    return None if value is None else int(value)
+
+
 def _load(client, mlflow_run, tmp: str) -> Run:
     run_id, tags = mlflow_run.info.run_id, mlflow_run.data.tags
     record = Run(
@@ -115,7 +120,8 @@ def _load(client, mlflow_run, tmp: str) -> Run:
         down=_history(client, run_id, "comm/broadcasted_bits_cumulative"),
         round_seconds=_history(client, run_id, "time/round_seconds"),
         update_nmse=list(_history(client, run_id, "comm/update_nmse").values()),
-        fed_eval={key: _history(client, run_id, f"fed_eval/{key}") for key in FED_EVAL_CURVES})
+        fed_eval={key: _history(client, run_id, f"fed_eval/{key}") for key in FED_EVAL_CURVES},
+        train_clients=_int(mlflow_run.data.metrics.get("data/train_clients")))
     try:
         comm = json.loads(Path(client.download_artifacts(run_id, "comm_bits.json",
                                                          tmp)).read_text())

@@ -116,7 +116,9 @@ def _build_and_run(cfg: DictConfig, output_dir: Path, started: float, record):
         StartupClock.ready()
         if record is None:
             run.startup_seconds = time.time() - started
-            tracker.log_metrics({"time/startup_seconds": run.startup_seconds}, step=0)
+            tracker.log_metrics({"time/startup_seconds": run.startup_seconds,
+                                 "data/train_clients": len(parts.data.train.client_ids)},
+                                step=0)
         try:
             run = run_rounds(parts, run, Evaluations(evaluate, fed_evaluate), tracker,
                              functools.partial(checkpoints.save_if_due, rounds=cfg.rounds))

@@ -343,3 +343,27 @@ def test_the_gain_is_plotted_against_participation_when_the_sweep_spans_it(tmp_p
     assert feedback_gain.plot(rows[:1], tmp_path / "one", "one point") is None
     assert "| topk-ef14-nclients300 | topk-none-nclients300 | 0.0333 | 3 | +0.40 |" in (
         feedback_gain.markdown(rows))
+
+
+def test_participation_comes_from_the_logged_population_when_the_config_has_none():
+    """FEMNIST's writers are the dataset's own clients (dataset.num_clients=None): the
+    gain table reads the population the runs logged (data/train_clients)."""
+    from federated_research import feedback_gain
+    from federated_research.report import Run
+
+    def run(seed, accuracy, train_clients):
+        return Run(run_id=seed, name="", seed=seed, params={}, choices={},
+                   accuracy={199: accuracy}, up={}, down={}, round_seconds={},
+                   update_nmse=[], train_clients=train_clients)
+
+    common = {"clients_per_round": "10", "dataset.num_clients": "None"}
+    none, ef14 = (tuple(sorted({**common, "aggregator.error_feedback": k}.items()))
+                  for k in ("none", "ef14"))
+    configs = {none: [run("0", 0.86, 300), run("1", 0.80, 300)],
+               ef14: [run("0", 0.89, 300), run("1", 0.84, 300)]}
+    (row,) = feedback_gain.feedback_gains(configs, {none: "topk-none", ef14: "topk-ef14"})
+    assert row["participation"] == pytest.approx(10 / 300)
+    assert row["gain"] == pytest.approx(3.5) and row["seeds"] == 2
+    configs = {k: [run(r.seed, r.final_accuracy, None) for r in v] for k, v in configs.items()}
+    (row,) = feedback_gain.feedback_gains(configs, {none: "topk-none", ef14: "topk-ef14"})
+    assert row["participation"] is None  # nothing says how many clients there are

@@ -81,6 +81,7 @@ def test_two_rounds_are_tracked_identically_in_mlflow_and_tensorboard(tmp_path, 
     assert _history(client, run.info.run_id, "comm/aggregated_bits_cumulative")[1] == \
         2 * 4 * (LINEAR_BITS + 32)
     assert _history(client, run.info.run_id, "train/num_examples")[0] > 0
+    assert _history(client, run.info.run_id, "data/train_clients") == {0: 40}  # MNIST's
 
 
 @pytest.mark.parametrize(("overrides", "expected"), [
