@@ -299,6 +299,13 @@ def test_the_arms_sweeper_runs_each_arm_with_each_grid_point():
                      ["seed=0", "rounds=2", "aggregator=topk", "aggregator.fraction=0.1"],
                      ["seed=1", "rounds=2", "aggregator=topk", "aggregator.fraction=0.1"]]]
     assert [len(batch) for batch in sweeper.split_arguments(overrides, 3)] == [3, 1]
+    # the command line (after the preset's params) narrows a preset's grid
+    narrowed = OverridesParser.create().parse_overrides(["seed=0,1,2", "n=40,100,300",
+                                                          "seed=0", "n=100,300"])
+    assert sweeper.split_arguments(narrowed, None) == [[
+        ["seed=0", "n=100", "aggregator=mean"], ["seed=0", "n=300", "aggregator=mean"],
+        ["seed=0", "n=100", "aggregator=topk", "aggregator.fraction=0.1"],
+        ["seed=0", "n=300", "aggregator=topk", "aggregator.fraction=0.1"]]]
 
 
 @pytest.mark.slow

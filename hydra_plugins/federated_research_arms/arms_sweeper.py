@@ -25,6 +25,11 @@ class ArmsSweeper(BasicSweeper):
         self.arms = [str(arm).split() for arm in arms or []]
 
     def split_arguments(self, overrides, max_batch_size):  # the basic sweeper calls this
+        # The sweeper's params come first, the command line after: a key given on the
+        # command line replaces the preset's values (`seed=0` narrows `seed: 0,1,2`)
+        # instead of being crossed with them.
+        last = {o.get_key_element(): o for o in overrides}
+        overrides = [o for o in overrides if last[o.get_key_element()] is o]
         grid = BasicSweeper.split_arguments(overrides, None)[0]
         jobs = []
         for arm in self.arms or [[]]:  # an arm's own value of a key wins over the grid's
