@@ -52,7 +52,7 @@ def feedback_gains(configs: dict, labels: dict) -> list[dict]:
                      "participation": _participation(params, runs), "seeds": len(gains),
                      "gain": statistics.fmean(gains),
                      "gain_std": statistics.stdev(gains) if len(gains) > 1 else 0.0,
-                     "method": labels[twin].removesuffix("-none")})
+                     "method": "-".join(t for t in labels[twin].split("-") if t != "none")})
     return sorted(rows, key=lambda r: (r["method"], r["feedback"], r["participation"] or 0))
 
 

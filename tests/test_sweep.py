@@ -368,7 +368,9 @@ def test_participation_comes_from_the_logged_population_when_the_config_has_none
                   for k in ("none", "ef14"))
     configs = {none: [run("0", 0.86, 300), run("1", 0.80, 300)],
                ef14: [run("0", 0.89, 300), run("1", 0.84, 300)]}
-    (row,) = feedback_gain.feedback_gains(configs, {none: "topk-none", ef14: "topk-ef14"})
+    labels = {none: "topk-none-nclients300", ef14: "topk-ef14-nclients300"}
+    (row,) = feedback_gain.feedback_gains(configs, labels)
+    assert row["method"] == "topk-nclients300"  # the plot's series: "topk + ef14"
     assert row["participation"] == pytest.approx(10 / 300)
     assert row["gain"] == pytest.approx(3.5) and row["seeds"] == 2
     configs = {k: [run(r.seed, r.final_accuracy, None) for r in v] for k, v in configs.items()}
