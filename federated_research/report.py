@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from federated_research import feedback_gain
+from federated_research.intervals import spread, t_interval
 from federated_research.tracking.mlflow_sink import logging_preserved
 from federated_research.tracking.sweep import (
     PARENT_TAG,
@@ -92,6 +93,11 @@ class Run:
     def bits_to(self, target: float) -> float | None:
         reached = [s for s, a in sorted(self.accuracy.items()) if a >= target]
         return self.up.get(reached[0]) if reached else None
+
+    def rounds_to(self, target: float) -> int | None:
+        """Rounds trained when the accuracy first reached `target` (None: never)."""
+        reached = [s for s, a in sorted(self.accuracy.items()) if a >= target]
+        return reached[0] + 1 if reached else None
 
     def accuracy_within(self, budget: float) -> float | None:
         inside = [s for s in sorted(self.accuracy) if self.up.get(s, float("inf")) <= budget]
@@ -260,24 +266,34 @@ def summarise(runs: list[Run], target: float | None = None,
         base_up = _mean(b.up[max(b.up)] for b in base.values() if b.up)
         base_down = _mean(b.down[max(b.down)] for b in base.values() if b.down)
         to_target = [r.bits_to(target) for r in group]
+        bits_spread = spread(to_target)
+        rounds_spread = spread(r.rounds_to(target) for r in group)
         first = group[0]
         params = first.parameters
+        accuracy_ci = t_interval(accuracies)
+        delta = t_interval(100 * (r.final_accuracy - b.final_accuracy) for r, b in paired
+                           if r.final_accuracy is not None and b.final_accuracy is not None
+                           ) if baselines[key] != key else None  # a baseline: 0 by definition
         rows.append({
             "config": labels[key], "seeds": len(group), "runs": [r.run_id for r in group],
             "baseline": labels[baselines[key]] if baselines[key] else None,
             "accuracy": _mean(accuracies),
             "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
-            "accuracy_delta": _mean(100 * (r.final_accuracy - b.final_accuracy)
-                                    for r, b in paired
-                                    if r.final_accuracy is not None
-                                    and b.final_accuracy is not None) if paired else None,
+            "accuracy_ci": [accuracy_ci.low, accuracy_ci.high] if accuracy_ci else None,
+            # paired by seed with the baseline, in points, with its 95% t interval
+            "accuracy_delta": delta.mean if delta else (0.0 if paired else None),
+            "accuracy_delta_ci": [delta.low, delta.high] if delta else None,
+            "delta_pairs": delta.n if delta else 0,
+            "distinguishable": delta.excludes_zero if delta else None,
             "up_bits": up, "down_bits": down,
             "up_ratio": base_up / up if base_up and up else None,
             "down_ratio": base_down / down if base_down and down else None,
             "up_bits_per_coord": (first.per_client["model_up"] / params
                                   if params and "model_up" in first.per_client else None),
-            "bits_to_target": _mean(to_target),  # over the seeds that reached it
-            "reached_target": sum(b is not None for b in to_target),
+            "bits_to_target": bits_spread[0],  # over the seeds that reached it
+            "bits_to_target_std": bits_spread[1],
+            "rounds_to_target": rounds_spread[0], "rounds_to_target_std": rounds_spread[1],
+            "reached_target": bits_spread[2],
             "accuracy_at_budget": _mean(r.accuracy_within(budget) for r in group)
             if all(r.accuracy_within(budget) is not None for r in group) else None,
             "time_ratio": _mean(r.median_round_seconds() / b.median_round_seconds()
@@ -293,27 +309,40 @@ def summarise(runs: list[Run], target: float | None = None,
 COLUMNS = [("config", "configuration", "{}"), ("seeds", "seeds", "{}"),
            ("accuracy", "eval acc", "{:.4f}"), ("accuracy_std", "+-", "{:.4f}"),
            ("accuracy_delta", "d acc (pts)", "{:+.2f}"),
+           ("accuracy_delta_ci", "95% CI (pts)", "[{:+.2f}, {:+.2f}]"),
            ("up_bits", "up bits", "{:,.0f}"), ("down_bits", "down bits", "{:,.0f}"),
            ("up_ratio", "up ratio", "{:.2f}x"), ("down_ratio", "down ratio", "{:.2f}x"),
            ("up_bits_per_coord", "up bits/coord", "{:.3f}"),
+           ("rounds_to_target", "rounds to target", "{:.0f}"),
            ("bits_to_target", "up bits to target", "{:,.0f}"),
            ("accuracy_at_budget", "acc at budget", "{:.4f}"),
            ("time_ratio", "time ratio", "{:.2f}"), ("update_nmse", "update nmse", "{:.3f}")]
+NOT_DISTINGUISHABLE = "n.s."  # the interval holds 0: not told apart from the baseline
+SPREAD = {"rounds_to_target": ("rounds_to_target_std", "{:.0f}"),
+          "bits_to_target": ("bits_to_target_std", "{:,.0f}")}
 
 
 def _cell(row: dict, key: str, spec: str) -> str:
-    if row.get(key) is None:
+    value = row.get(key)
+    if value is None or (isinstance(value, list) and None in value):
         return "-"
-    text = spec.format(row[key])
-    if key == "bits_to_target" and row["reached_target"] < row["seeds"]:
+    text = spec.format(*value) if isinstance(value, list) else spec.format(value)
+    if key in SPREAD and row.get(SPREAD[key][0]) is not None:
+        text += " +- " + SPREAD[key][1].format(row[SPREAD[key][0]])
+    if key in SPREAD and row["reached_target"] < row["seeds"]:
         text += f" ({row['reached_target']}/{row['seeds']} seeds)"
+    if key == "accuracy_delta_ci" and row.get("distinguishable") is False:
+        text += " " + NOT_DISTINGUISHABLE
     return text
 
 
 def markdown(rows: list[dict], settings: dict) -> str:
     lines = [f"Target accuracy {settings['target']:.3f}; uplink budget "
              f"{settings['budget']:,.0f} bits. Ratios and d acc are against each "
-             "configuration's `mean` baseline (same seeds).", "",
+             "configuration's `mean` baseline, paired by seed; 95% CI: Student's t "
+             f"interval of the paired differences over the seeds ({NOT_DISTINGUISHABLE}: "
+             "it holds 0, the difference is not told apart from noise; - with one seed). "
+             "Rounds and bits to target: mean +- sd over the seeds that reached it.", "",
              "| " + " | ".join(title for _, title, _ in COLUMNS) + " |",
              "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_cell(r, k, s) for k, _, s in COLUMNS) + " |" for r in rows]
@@ -335,14 +364,20 @@ def text_table(rows: list[dict], settings: dict) -> str:
     return "\n".join(lines)
 
 
-def _curve(runs: list[Run], x_of) -> tuple[list[float], list[float], list[float]]:
-    """Mean over seeds of (x, accuracy) at the rounds every seed evaluated."""
+def _curve(runs: list[Run], x_of, band: str = "sd") -> tuple[list[float], list[float],
+                                                              list[float]]:
+    """Mean over seeds of (x, accuracy) at the rounds every seed evaluated, and the
+    band's half-width there: one standard deviation (`sd`) or the 95% t interval's
+    (`ci`); 0 with one seed."""
     steps = sorted(set.intersection(*(set(r.accuracy) for r in runs)))
     xs = [statistics.fmean(x_of(r, s) for r in runs) for s in steps]
     ys = [statistics.fmean(r.accuracy[s] for r in runs) for s in steps]
-    sd = [statistics.stdev([r.accuracy[s] for r in runs]) if len(runs) > 1 else 0.0
-          for s in steps]
-    return xs, ys, sd
+    if band == "ci":
+        half = [t_interval(r.accuracy[s] for r in runs).half_width for s in steps]
+    else:
+        half = [statistics.stdev([r.accuracy[s] for r in runs]) if len(runs) > 1 else 0.0
+                for s in steps]
+    return xs, ys, half
 
 
 def plot(rows: list[dict], settings: dict, out_dir: Path, title: str) -> list[Path]:
@@ -396,13 +431,16 @@ def _plot_rate_accuracy(rows, settings, by_label, colors, title: str):
         runs = [r for r in by_label[row["config"]] if r.accuracy and r.up]
         if not runs:
             continue
-        xs, ys, _ = _curve(runs, lambda r, s: r.up.get(s, float("nan")))
+        xs, ys, half = _curve(runs, lambda r, s: r.up.get(s, float("nan")), band="ci")
         ax.plot(xs, ys, marker="o", ms=3, color=colors[row["config"]], label=row["config"])
+        ax.fill_between(xs, [y - h for y, h in zip(ys, half, strict=True)],
+                        [y + h for y, h in zip(ys, half, strict=True)],
+                        color=colors[row["config"]], alpha=0.12)
     ax.axvline(settings["budget"], color="grey", ls="--", lw=1, label="budget")
     ax.axhline(settings["target"], color="grey", ls=":", lw=1, label="target")
     ax.set_xscale("log")
     ax.set_xlabel("cumulative uplink bits (all clients; log scale)")
-    ax.set_ylabel("eval accuracy (mean over seeds)")
+    ax.set_ylabel("eval accuracy (mean over seeds, band = 95% t interval)")
     ax.set_title(f"{title}: rate-accuracy")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, ncol=2)
@@ -429,7 +467,9 @@ def _plot_pareto(rows, colors, title: str):
     labelled: list[tuple[float, float]] = []
     for bits, acc, row in points:
         on_front = (bits, acc) in front
-        ax.errorbar(bits, acc, yerr=row["accuracy_std"], fmt="o" if on_front else "x",
+        low, high = row["accuracy_ci"] or [None, None]
+        yerr = [[acc - low], [high - acc]] if low is not None else 0.0
+        ax.errorbar(bits, acc, yerr=yerr, fmt="o" if on_front else "x",
                     color=colors[row["config"]], capsize=3)
         # labels of points that (nearly) coincide go one under the other
         near = sum(abs(b / bits - 1) < 0.1 and abs(a - acc) < 0.02 for b, a in labelled)
@@ -443,7 +483,7 @@ def _plot_pareto(rows, colors, title: str):
         ax.legend(fontsize=7, loc="lower right")
     ax.set_xscale("log")
     ax.set_xlabel("cumulative uplink bits (all clients, all rounds; log scale)")
-    ax.set_ylabel("final eval accuracy (mean +- sd over seeds)")
+    ax.set_ylabel("final eval accuracy (mean, 95% t interval over seeds)")
     ax.set_title(f"{title}: bits vs accuracy")
     ax.grid(alpha=0.3, which="both")
     return fig

@@ -1,0 +1,83 @@
+"""The report's statistics: t intervals over seeds that cover what they claim, paired
+differences told apart from noise, rounds and bits to target with their spread."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from federated_research.intervals import t_interval
+from federated_research.report import NOT_DISTINGUISHABLE, Run, markdown, summarise
+
+
+def test_the_t_interval_is_students_and_one_value_has_none():
+    # 1, 2, 3: mean 2, sd 1; t(0.975, 2 df) = 4.303 in every printed t table
+    got = t_interval([1.0, 2.0, None, 3.0])
+    assert got.n == 3 and got.mean == 2.0
+    assert got.half_width == pytest.approx(4.3027 / math.sqrt(3), rel=1e-4)
+    assert got.excludes_zero is False  # [-0.48, 4.48]
+    assert t_interval([2.0, 3.0, 4.0]).excludes_zero is True  # [0.52, 5.48]
+    one = t_interval([0.7])
+    assert (one.mean, one.low, one.high, one.excludes_zero) == (0.7, None, None, None)
+    assert t_interval([None]) is None
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_the_interval_covers_the_true_mean_95_times_in_100(n):
+    """Over 4,000 draws of n normal values, the 95% interval holds the true mean in
+    95% of them (binomial sd 0.34%: the band below is 4.4 sd wide on each side)."""
+    rng = np.random.default_rng(n)
+    draws = rng.normal(0.3, 2.0, size=(4000, n))
+    covered = [(i := t_interval(row)).low <= 0.3 <= i.high for row in draws]
+    assert 0.935 < np.mean(covered) < 0.965
+
+
+def _run(seed: int, aggregator: str, curve: dict[int, float], bits: float) -> Run:
+    return Run(run_id=f"{aggregator}{seed}", name="", seed=str(seed),
+               params={"aggregator._target_": aggregator, "rounds": "4"},
+               choices={"aggregator": aggregator}, accuracy=curve,
+               up={s: bits * (s + 1) for s in curve}, down={}, round_seconds={},
+               update_nmse=[])
+
+
+def test_the_report_pairs_seeds_gives_intervals_and_marks_what_noise_explains():
+    base = [[0.50, 0.80, 0.90, 0.91], [0.50, 0.70, 0.89, 0.92], [0.60, 0.85, 0.90, 0.93]]
+    close = [[0.40, 0.70, 0.88, 0.915], [0.45, 0.75, 0.90, 0.915], [0.50, 0.80, 0.91, 0.925]]
+    worse = [[0.30, 0.50, 0.70, 0.80], [0.40, 0.60, 0.88, 0.82], [0.35, 0.55, 0.75, 0.81]]
+    runs = [_run(seed, name, dict(enumerate(curve)), bits)
+            for name, curves, bits in (("mean", base, 100.0), ("topk", close, 10.0),
+                                       ("drive", worse, 5.0))
+            for seed, curve in enumerate(curves)]
+    rows, _ = summarise(runs, target=0.85)
+    by = {r["config"]: r for r in rows}
+    # topk against mean, seed by seed: +0.5, -0.5, -0.5 points
+    want = t_interval([0.5, -0.5, -0.5])
+    assert by["topk"]["accuracy_delta"] == pytest.approx(want.mean)
+    assert by["topk"]["accuracy_delta_ci"] == pytest.approx([want.low, want.high])
+    assert by["topk"]["distinguishable"] is False and by["topk"]["delta_pairs"] == 3
+    assert by["drive"]["distinguishable"] is True  # -11, -10, -12 points
+    assert by["drive"]["accuracy_delta_ci"][1] < 0
+    # rounds to 0.85: mean reached it after 3, 3 and 2 rounds; drive once, after 3
+    assert by["mean"]["rounds_to_target"] == pytest.approx(8 / 3)
+    assert by["mean"]["rounds_to_target_std"] == pytest.approx(np.std([3, 3, 2], ddof=1))
+    assert by["drive"]["rounds_to_target"] == 3 and by["drive"]["reached_target"] == 1
+    assert by["drive"]["bits_to_target"] == 15.0 and by["drive"]["bits_to_target_std"] is None
+    assert by["topk"]["bits_to_target"] == pytest.approx(np.mean([30.0, 30.0, 30.0]))
+    table = markdown(rows, {"target": 0.85, "budget": 100.0}).splitlines()
+    line = {row.split(" | ")[0].lstrip("| "): row for row in table if row.startswith("| ")}
+    assert NOT_DISTINGUISHABLE in line["topk"] and NOT_DISTINGUISHABLE not in line["drive"]
+    assert "| 3 (1/3 seeds) |" in line["drive"]  # rounds to target: one seed reached it
+    assert "Student's t" in table[0]
+
+
+def test_one_seed_gives_a_difference_without_an_interval():
+    runs = [_run(0, "mean", {0: 0.5, 1: 0.9}, 100.0), _run(0, "topk", {0: 0.4, 1: 0.8}, 1.0)]
+    rows, _ = summarise(runs, target=0.85)
+    topk = next(r for r in rows if r["config"] == "topk")
+    assert topk["accuracy_delta"] == pytest.approx(-10.0)
+    assert topk["accuracy_delta_ci"] == [None, None] and topk["distinguishable"] is None
+    line = next(row for row in markdown(rows, {"target": 0.85, "budget": 1.0}).splitlines()
+                if row.startswith("| topk"))
+    assert "| -10.00 | - |" in line
