@@ -13,6 +13,8 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from federated_research.intervals import t_interval
+
 FEEDBACK_KEY = "aggregator.error_feedback"
 
 
@@ -48,24 +50,36 @@ def feedback_gains(configs: dict, labels: dict) -> list[dict]:
                  if r.seed in base and r.final_accuracy is not None and base[r.seed] is not None]
         if not gains:
             continue
+        interval = t_interval(gains)
         rows.append({"config": labels[key], "without": labels[twin], "feedback": kind,
                      "participation": _participation(params, runs), "seeds": len(gains),
                      "gain": statistics.fmean(gains),
                      "gain_std": statistics.stdev(gains) if len(gains) > 1 else 0.0,
+                     "gain_ci": [interval.low, interval.high],  # 95% t; None: one seed
+                     "distinguishable": interval.excludes_zero,
                      "method": "-".join(t for t in labels[twin].split("-") if t != "none")})
     return sorted(rows, key=lambda r: (r["method"], r["feedback"], r["participation"] or 0))
 
 
 def markdown(rows: list[dict]) -> str:
     lines = ["Error feedback's gain: final eval accuracy with it minus without it, paired "
-             "by seed (points; +- is the standard deviation over seeds).", "",
-             "| with feedback | without | participation | seeds | gain (pts) | +- |",
-             "|---|---|---|---|---|---|"]
+             "by seed (points; +- is the standard deviation over seeds, 95% CI Student's t "
+             "interval, n.s. where it holds 0).", "",
+             "| with feedback | without | participation | seeds | gain (pts) | +- | 95% CI |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         share = f"{r['participation']:.3g}" if r["participation"] else "-"
+        low, high = r.get("gain_ci") or (None, None)
+        ci = "-" if low is None else f"[{low:+.2f}, {high:+.2f}]" + (
+            " n.s." if r.get("distinguishable") is False else "")
         lines.append(f"| {r['config']} | {r['without']} | {share} | {r['seeds']} | "
-                     f"{r['gain']:+.2f} | {r['gain_std']:.2f} |")
+                     f"{r['gain']:+.2f} | {r['gain_std']:.2f} | {ci} |")
     return "\n".join(lines)
+
+
+def _half(row: dict) -> float:
+    low, high = row.get("gain_ci") or (None, None)
+    return 0.0 if low is None else (high - low) / 2
 
 
 def plot(rows: list[dict], out_dir: Path, title: str) -> Path | None:
@@ -87,12 +101,12 @@ def plot(rows: list[dict], out_dir: Path, title: str) -> Path | None:
     for (method, kind), points in sorted(series.items()):
         points.sort(key=lambda r: r["participation"])
         ax.errorbar([p["participation"] for p in points], [p["gain"] for p in points],
-                    yerr=[p["gain_std"] for p in points], marker="o", capsize=3,
+                    yerr=[_half(p) for p in points], marker="o", capsize=3,
                     label=f"{method} + {kind}")
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xscale("log")
     ax.set_xlabel("participation: clients a round / population (log scale)")
-    ax.set_ylabel("accuracy gain of error feedback (points, mean +- sd over seeds)")
+    ax.set_ylabel("accuracy gain of error feedback (points, mean, 95% t interval)")
     ax.set_title(f"{title}: error feedback against staleness")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)

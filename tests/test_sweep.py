@@ -373,6 +373,10 @@ def test_participation_comes_from_the_logged_population_when_the_config_has_none
     assert row["method"] == "topk-nclients300"  # the plot's series: "topk + ef14"
     assert row["participation"] == pytest.approx(10 / 300)
     assert row["gain"] == pytest.approx(3.5) and row["seeds"] == 2
+    # +3 and +4 points: t(0.975, 1 df) = 12.706, sd 0.707 over 2 seeds: [-2.85, +9.85]
+    assert row["gain_ci"] == pytest.approx([3.5 - 6.3531, 3.5 + 6.3531], abs=1e-3)
+    assert row["distinguishable"] is False
+    assert "| +3.50 | 0.71 | [-2.85, +9.85] n.s. |" in feedback_gain.markdown([row])
     configs = {k: [run(r.seed, r.final_accuracy, None) for r in v] for k, v in configs.items()}
     (row,) = feedback_gain.feedback_gains(configs, {none: "topk-none", ef14: "topk-ef14"})
     assert row["participation"] is None  # nothing says how many clients there are
