@@ -129,7 +129,8 @@ KEY_HINTS = {
     "aggregator.error_feedback": "this aggregator keeps no client memory: mean sends the "
     "update exactly, and TFF's own aggregators (tff_compression, compression) are not "
     "methods of this library. Fix: pick a compression method, e.g. aggregator=topk "
-    "aggregator.error_feedback=ef14 (or quantize, rotated_quantize, drive, subsampled, sketch)",
+    "aggregator.error_feedback=ef14 (or quantize, rotated_quantize, drive, subsampled, sketch, "
+    "sign)",
     "distributor.error_feedback": "downlink error feedback (EF21-P) needs every client to "
     "receive every broadcast, and a run samples clients: a returning client's copy of the "
     "model would be stale. Fix: drop distributor.error_feedback (aggregator.error_feedback "

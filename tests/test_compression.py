@@ -85,6 +85,7 @@ FORMULAS = {  # bits per client of the encoded update, from each module's docstr
     ("topk", 0.3): sum(32 * max(1, round(.3 * d)) + _words(
         min(max(1, round(.3 * d)) * math.ceil(math.log2(d)), d), 1) for d in SIZES),
     ("sketch", 16): 32 * (300 * 16 + 25 * 8 + 10) + 32,  # (300,70) sketched; 8, 10 cols raw
+    ("sign", None): sum(_words(d, 1) + 32 for d in SIZES),  # signs and one scale a tensor
 }
 
 
@@ -98,7 +99,8 @@ def method_options(group: str = "aggregator") -> list[str]:
 CASES = [("quantize", {"bits": 8}, ("quantize", 8)), ("quantize", {"bits": 3}, ("quantize", 3)),
          ("rotated_quantize", {}, ("rotated_quantize", 2)), ("drive", {}, ("drive", None)),
          ("subsampled", {}, ("subsampled", None)), ("topk", {}, ("topk", 0.01)),
-         ("topk", {"fraction": 0.3}, ("topk", 0.3)), ("sketch", {}, ("sketch", 16))]
+         ("topk", {"fraction": 0.3}, ("topk", 0.3)), ("sketch", {}, ("sketch", 16)),
+         ("sign", {}, ("sign", None))]
 # A method added since: its declared formula (Method.message_bits) is what it is held to.
 CASES += [(name, {}, None) for name in method_options() if name not in {c[0] for c in CASES}]
 
@@ -146,6 +148,17 @@ def _roundtrip(method, values, run_seed):
     codecs = [method.codec(s) for s in SHAPES]
     message = encode_fn(codecs, run_seed)([tf.constant(v) for v in values])
     return [d.numpy() for d in decode_fn(codecs, run_seed)(message)]
+
+
+def test_scaled_sign_sends_the_sign_times_the_mean_magnitude():
+    """Karimireddy et al.'s C(x) = (||x||_1 / d) sign(x), tensor by tensor, 0 as +."""
+    values = _values()
+    values[0].flat[:3] = [0.0, -0.0, 2.5]
+    decoded = _roundtrip(_build("sign"), values, run_seed=5)
+    for got, x in zip(decoded, values, strict=True):
+        want = np.where(x.ravel() >= 0, 1.0, -1.0) * np.mean(np.abs(x))
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert not _build("sign").is_unbiased()
 
 
 def _nmse(estimate, values) -> float:
