@@ -14,6 +14,11 @@ class ConfigError(ValueError):
         self.key, self.problem, self.fix = key, problem, fix
         super().__init__(f"{key}: {problem}. Fix: {fix}")
 
+    def __reduce__(self):
+        # A failed job's error travels back from a launcher's worker process (joblib,
+        # Ray) pickled: rebuild it from its three parts, not from the joined message.
+        return self.__class__, (self.key, self.problem, self.fix)
+
 
 class DivergedError(ConfigError):
     """Training diverged (a NaN or infinite loss); named after the key most likely to blame."""

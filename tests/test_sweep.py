@@ -244,13 +244,18 @@ def test_a_sweeps_children_are_found_in_other_experiments(mlflow_uri, tmp_path):
 
 
 def test_a_sweep_with_a_failed_job_ends_failed_in_one_line(tmp_path, mlflow_uri, run_cli):
-    done = run_cli("clients_per_round=50", "model=linear", "rounds=1", multirun=True)
-    assert done.returncode == 2
+    """In parallel (joblib), where the failed job's error comes back pickled from the
+    worker process: the other job finishes, the sweep ends FAILED, one line says why."""
+    done = run_cli("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "clients_per_round=3,50",
+                   "model=linear", "rounds=1", multirun=True)
+    assert done.returncode == 2, done.stderr[-3000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert errors == ["error: clients_per_round=50: the dataset has only 40 training clients. "
                       "Fix: pass clients_per_round=40 or fewer"]
+    assert "Traceback" not in done.stderr
     _, parents, kids = _family(mlflow_uri)
-    assert [p.info.status for p in parents] == ["FAILED"] and kids == []
+    assert [p.info.status for p in parents] == ["FAILED"]
+    assert [(k.info.run_name, k.info.status) for k in kids] == [("clients3", "FINISHED")]
 
 
 def test_an_optuna_search_lands_its_trials_under_one_parent(tmp_path, mlflow_uri, run_cli):
