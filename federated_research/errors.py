@@ -26,6 +26,26 @@ class DivergedError(ConfigError):
     exit_code = 1
 
 
+def diverged(cfg, detail: str) -> DivergedError:
+    """The one line for a run whose training diverged, blaming what most likely did it:
+    error feedback around a compressor whose error can exceed the update (1-bit
+    stochastic quantize, sketch: the residual then grows every round), else the
+    client learning rate."""
+    feedback = cfg.aggregator.get("error_feedback", "none")
+    if feedback not in (None, "none"):
+        return DivergedError(
+            f"aggregator.error_feedback={feedback}", f"training diverged: {detail}",
+            "error feedback needs a compressor whose error is smaller than the update "
+            "(topk, sign, drive); with an unbiased one that errs more (quantize with few "
+            "bits, sketch) the residual grows every round. Drop aggregator.error_feedback, "
+            "send more bits, or lower client_optimizer.learning_rate")
+    return DivergedError(
+        f"client_optimizer.learning_rate={cfg.client_optimizer.learning_rate}",
+        f"training diverged: {detail}",
+        "lower the learning rate, clip local steps (client.gradient_clip_norm=1.0), "
+        "or pass on_nonfinite=continue to train on")
+
+
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS,
                  errno.ENOTDIR}
 

@@ -21,7 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from federated_research.config import CONF_DIR, register_schemas, validate
-from federated_research.errors import DivergedError, config_error_in, exit_for
+from federated_research.errors import config_error_in, diverged, exit_for
 from federated_research.process import StartupClock, prepare_process
 from federated_research.report import report_sweep
 from federated_research.resume import RunRecord, check_same_config, resume_argv
@@ -126,11 +126,7 @@ def _build_and_run(cfg: DictConfig, output_dir: Path, started: float, record):
             exc.add_note(checkpoints.save_on_interrupt(run))
             raise
         except Diverged as exc:
-            lr = cfg.client_optimizer.learning_rate
-            raise DivergedError(
-                f"client_optimizer.learning_rate={lr}", f"training diverged: {exc}",
-                "lower the learning rate, clip local steps (client.gradient_clip_norm=1.0), "
-                "or pass on_nonfinite=continue to train on") from exc
+            raise diverged(cfg, str(exc)) from exc
         if cfg.tracking.save_model:
             path = output_dir / MODEL_FILE
             save_keras(parts.model, parts.algorithm.process.get_model_weights(run.state), path)

@@ -347,3 +347,19 @@ def test_a_signal_waits_until_a_round_counts_whole():
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert run.state == "round 1" and run.next_round == 1 and store.written == {"a": 0}
+
+
+def test_a_run_that_diverges_under_feedback_blames_the_feedback_in_one_line():
+    """1-bit stochastic quantize inside ef14 diverged on the MNIST CNN at round 29 (its
+    error exceeds the update, so the residual grows): the line names the feedback."""
+    from federated_research.errors import diverged, exit_for
+
+    detail = "eval/loss=6.8e+06 (over 230) at round 29"
+    line, code = exit_for(diverged(compose_config(
+        [*TINY, "aggregator=quantize", "aggregator.bits=1", "aggregator.error_feedback=ef14"]),
+        detail))
+    assert code == 1 and "\n" not in line
+    assert line.startswith(f"error: aggregator.error_feedback=ef14: training diverged: {detail}")
+    assert "Fix: error feedback needs a compressor whose error is smaller" in line
+    line, _ = exit_for(diverged(compose_config([*TINY, "aggregator=quantize"]), detail))
+    assert line.startswith("error: client_optimizer.learning_rate=0.05: training diverged")
