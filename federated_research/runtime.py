@@ -104,19 +104,22 @@ class WorkerService:
             time.sleep(0.05)
 
     def stop(self, grace: float = 5.0) -> None:
-        """Stop the worker: SIGINT, then SIGKILL after `grace` seconds. Idempotent."""
+        """Stop the worker: SIGINT, then SIGKILL after `grace` seconds; then close the
+        channel. Idempotent. The worker goes first: on Ctrl-C a round's call may still be
+        in flight on TFF's event-loop thread, and closing a gRPC channel under a live
+        call from another thread can corrupt gRPC's memory; with the worker gone the
+        call has ended (UNAVAILABLE) before the channel closes."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(grace)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
         if self._channel is not None:
             self._channel.close()
         self._channel = self._stub = None
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _executor_factory(

@@ -249,7 +249,9 @@ def test_a_signal_marks_the_run_killed_and_stops_the_worker(tmp_path, mlflow_uri
         assert workers, "the run should have a TFF worker"
         proc.send_signal(sig)  # SIGINT is what Ctrl-C sends
         assert proc.wait(60) == 130, proc.stderr.read()[-2000:]
-        said = proc.stderr.read().strip().splitlines()[-1]
+        stderr = proc.stderr.read()
+        assert stderr.strip(), "the run said nothing on its way out"
+        said = stderr.strip().splitlines()[-1]
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -264,7 +266,7 @@ def test_a_signal_marks_the_run_killed_and_stops_the_worker(tmp_path, mlflow_uri
     # the signal may land after MLflow stored a round, before the round counted) and how
     # to go on from there.
     assert said.startswith("interrupted (") and said.endswith(
-        f"; resume with: python -m federated_research.train resume={tmp_path}/out"), said
+        f"; resume with: python -m federated_research.train resume={tmp_path}/out"), stderr[-3000:]
     done = int(said.split("the state after ")[1].split(" round")[0])
     assert done in (len(logged) - 1, len(logged)) and done >= 1, said
     assert f"is saved in {tmp_path}/out/checkpoints/round_{done};" in said
