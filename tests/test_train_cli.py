@@ -239,9 +239,11 @@ def test_a_signal_marks_the_run_killed_and_stops_the_worker(tmp_path, mlflow_uri
     try:
         deadline = time.monotonic() + 240
         # Watch TensorBoard's files, not the store: a second MLflow client on a new
-        # SQLite store would race the run's own schema migration.
-        while not (tmp_path / "out" / "tensorboard").is_dir() or not _tensorboard(
-                tmp_path / "out" / "tensorboard").get("train/loss"):
+        # SQLite store would race the run's own schema migration. Two rounds logged: a
+        # round counts (and is checkpointed on Ctrl-C) only after its metrics are
+        # logged, so with one logged the signal could still land before it counted.
+        while not (tmp_path / "out" / "tensorboard").is_dir() or len(_tensorboard(
+                tmp_path / "out" / "tensorboard").get("train/loss", {})) < 2:
             assert proc.poll() is None and time.monotonic() < deadline, "no round was logged"
             time.sleep(1)
         workers = [c for c in psutil.Process(proc.pid).children(recursive=True)
