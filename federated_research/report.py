@@ -90,14 +90,18 @@ class Run:
         later = [v for s, v in sorted(self.round_seconds.items()) if s > 0]
         return statistics.median(later) if later else self.round_seconds.get(0)
 
+    def _first_reached(self, target: float) -> int | None:
+        """The step at which the accuracy first reached `target` (None: never)."""
+        return next((s for s, a in sorted(self.accuracy.items()) if a >= target), None)
+
     def bits_to(self, target: float) -> float | None:
-        reached = [s for s, a in sorted(self.accuracy.items()) if a >= target]
-        return self.up.get(reached[0]) if reached else None
+        step = self._first_reached(target)
+        return None if step is None else self.up.get(step)
 
     def rounds_to(self, target: float) -> int | None:
         """Rounds trained when the accuracy first reached `target` (None: never)."""
-        reached = [s for s, a in sorted(self.accuracy.items()) if a >= target]
-        return reached[0] + 1 if reached else None
+        step = self._first_reached(target)
+        return None if step is None else step + 1
 
     def accuracy_within(self, budget: float) -> float | None:
         inside = [s for s in sorted(self.accuracy) if self.up.get(s, float("inf")) <= budget]
