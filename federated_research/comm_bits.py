@@ -27,6 +27,14 @@ A round's cost is split by who sends it, measured on each part separately:
     learning rate broadcast, the training metrics upload), identical for every
     aggregator, reported as `comm/control_*_bits` so that totals stay exact.
 Round totals multiply the per-client cost by the number of clients that round.
+
+Variable-length codes (QSGD's Elias codes, STC's Golomb-coded positions) are the
+one thing a static type cannot size: a message's `varlen` entry is a buffer of
+the worst-case size. It is left out here (a transfer that holds one is marked
+`measured`), and the aggregation reports the bits its clients' codes really took
+(`measured_bits`), which the loop adds to the round's comm/aggregated_bits:
+
+  comm/aggregated_bits = clients x (fixed per-client bits) + sum of measured bits
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from tensorflow_federated.python.core.impl.types import computation_types, place
 
 # Intrinsics whose traffic depends on data chosen at run time: refuse rather than guess.
 _UNCOUNTABLE = {"federated_select", "federated_secure_select"}
+VARLEN = "varlen"  # compression/codec.py: a variable-length code, measured as written
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,7 @@ class Transfer:
     intrinsic: str
     type: str
     bits: int
+    measured: bool = False  # it also carries a variable-length code, measured each round
 
 
 @dataclass(frozen=True)
@@ -76,7 +86,8 @@ def type_bits(type_spec: computation_types.Type) -> int:
     if isinstance(type_spec, computation_types.FederatedType):
         return type_bits(type_spec.member)
     if isinstance(type_spec, computation_types.StructType):
-        return sum(type_bits(element) for _, element in structure.iter_elements(type_spec))
+        return sum(type_bits(element) for name, element in structure.iter_elements(type_spec)
+                   if name != VARLEN)
     if isinstance(type_spec, computation_types.TensorType):
         shape = type_spec.shape
         if shape is None or any(d is None for d in shape):
@@ -97,6 +108,16 @@ def _federated_leaves(type_spec: computation_types.Type) -> Iterator[FederatedTy
     elif isinstance(type_spec, computation_types.StructType):
         for _, element in structure.iter_elements(type_spec):
             yield from _federated_leaves(element)
+
+
+def has_varlen(type_spec: computation_types.Type) -> bool:
+    """Whether a value of this type holds a variable-length code (counted as measured)."""
+    if isinstance(type_spec, computation_types.FederatedType):
+        return has_varlen(type_spec.member)
+    if isinstance(type_spec, computation_types.StructType):
+        return any(name == VARLEN or has_varlen(element)
+                   for name, element in structure.iter_elements(type_spec))
+    return False
 
 
 def _placed_at(type_spec: computation_types.Type, placement) -> list[FederatedType]:
@@ -123,7 +144,7 @@ def _transfer(call: building_blocks.Call) -> Transfer | None:
     if not sent:
         return None  # e.g. federated_map / federated_apply: no placement change
     return Transfer(direction, uri, ", ".join(str(t) for t in sent),
-                    sum(type_bits(t) for t in sent))
+                    sum(type_bits(t) for t in sent), any(has_varlen(t) for t in sent))
 
 
 def comm_cost(computation: tff.Computation) -> CommCost:
@@ -167,6 +188,14 @@ class RoundComm:
                                 "control_up": self.control_up,
                                 "diagnostic_down": self.diagnostic.down,
                                 "diagnostic_up": self.diagnostic.up},
+            "measured": {
+                "model_up": any(t.measured for t in self.model.transfers
+                                if t.direction == "up"),
+                "model_down": any(t.measured for t in self.model.transfers
+                                  if t.direction == "down"),
+                "note": "per_client_bits are the fixed part of each message; where a "
+                        "direction is measured, its variable-length codes' bits are "
+                        "counted as written each round and added to its comm/* metric"},
             "model_transfers": [t.__dict__ for t in self.model.transfers],
             "diagnostic_transfers": [t.__dict__ for t in self.diagnostic.transfers],
         }

@@ -103,6 +103,21 @@ def pooled_batches(pooled: tf.data.Dataset, data: FederatedData, spec: LoopSpec,
                                       seed=int_seed(spec.seed, Stream.SHUFFLE, round_num))
 
 
+def reported_bits(metrics) -> int:
+    """The bits of variable-length codes the aggregation measured this round (0 if none)."""
+    total = 0
+    stack = [metrics]
+    while stack:
+        node = stack.pop()
+        if hasattr(node, "items"):
+            for key, value in node.items():
+                if key == "measured_bits":
+                    total += int(value)
+                else:
+                    stack.append(value)
+    return total
+
+
 def reported_errors(metrics) -> dict[str, float]:
     """comm/update_* and comm/broadcast_* errors, wherever the processes report them."""
     found = {}
@@ -233,6 +248,7 @@ def round_metrics(output, comm: RoundComm, run: RunState, clients: int,
     """A round's training metrics, bits (and their running totals), errors, time, memory."""
     train = output.metrics["client_work"]["train"]
     bits = comm.round_metrics(clients)
+    bits["comm/aggregated_bits"] += reported_bits(output.metrics)  # variable-length codes
     return {**{f"train/{key}": float(value) for key, value in train.items()},
             **bits,
             **reported_errors(output.metrics),

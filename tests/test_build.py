@@ -97,9 +97,10 @@ FEDERATED = [a for a in options("algorithm") if a != "centralized"]
     *[(a, "mean") for a in FEDERATED if a not in ("fedavg", "custom_fedavg")]])
 def test_every_aggregator_builds_a_learning_process(aggregator, algorithm):
     built = _linear_process([f"aggregator={aggregator}", f"algorithm={algorithm}"])
-    # a process whose clients keep state (SCAFFOLD's control variates) is ours: TFF's
-    # LearningProcess takes no client state
-    expected = (ClientStatefulProcess if algorithm == "scaffold"
+    # a process whose clients keep state (SCAFFOLD's control variates, the residuals of a
+    # method whose paper keeps them, e.g. stc) is ours: TFF's LearningProcess takes none
+    feedback = compose_config([f"aggregator={aggregator}"]).aggregator.get("error_feedback")
+    expected = (ClientStatefulProcess if algorithm == "scaffold" or feedback not in (None, "none")
                 else tff.learning.templates.LearningProcess)
     assert isinstance(built.process, expected)
     state = built.process.initialize()  # runs on the real TFF worker

@@ -21,7 +21,7 @@ from federated_research.aggregators import build_aggregator, with_update_error
 from federated_research.aggregators.codec_sum import method_aggregator
 from federated_research.comm_bits import comm_cost, round_comm
 from federated_research.compression.bitpack import pack, packed_words, unpack
-from federated_research.compression.codec import content_seed, encode_fn
+from federated_research.compression.codec import content_seed, encode_fn, measured_bits
 from federated_research.compression.method import build_method, is_method
 from federated_research.compression.rotation import BlockRotation, block_size
 from federated_research.distributors import build_distributor
@@ -54,7 +54,14 @@ def _values(seed: int = 0) -> list[np.ndarray]:
 
 
 def _emitted_bits(message) -> int:
-    return sum(int(np.prod(t.shape)) * t.dtype.size * 8 for t in tf.nest.flatten(message))
+    """What a message takes: its tensors, and a variable-length code (varlen.py) as long
+    as it was written, not its buffer."""
+    if isinstance(message, dict):
+        return sum(int(v["bits"]) if k == "varlen" else _emitted_bits(v)
+                   for k, v in message.items())
+    if isinstance(message, list | tuple):
+        return sum(_emitted_bits(v) for v in message)
+    return int(np.prod(message.shape)) * message.dtype.size * 8
 
 
 def _padded(d: int, block: int = 4096) -> tuple[int, int]:
@@ -135,9 +142,13 @@ def test_counted_bits_are_what_the_encoder_emits(name, options, formula):
     codecs = [method.codec(s) for s in SHAPES]
     message = encode_fn(codecs, method.seed)([tf.constant(v) for v in _values()])
     emitted = _emitted_bits(message)
-    assert counted == emitted + 32  # + the weighted mean's float32 weight
-    assert emitted == method.message_bits(SHAPES)  # the method's own declared formula
-    assert emitted == (FORMULAS[formula] if formula else method.message_bits(SHAPES))
+    measured = int(measured_bits(codecs, message))  # variable-length codes: as written
+    assert measured > 0 if any(c.variable for c in codecs) else measured == 0
+    weight = 0 if getattr(method, "server_rule", "mean") == "majority_vote" else 32
+    assert counted + measured == emitted + weight  # + the weighted mean's float32 weight
+    # the method's own declared formula (the fixed part; tests/test_varlen.py: the rest)
+    assert emitted == method.message_bits(SHAPES) + measured
+    assert emitted == (FORMULAS[formula] if formula else method.message_bits(SHAPES)) + measured
     raw = sum(SIZES) * 32
     assert emitted < raw
 

@@ -160,8 +160,11 @@ def test_every_aggregator_trains_the_char_model(cache_dir, aggregator):
     parts = build_run_parts(cfg)
     datasets = [parts.data.task.client_batches(parts.data.train.create_tf_dataset_for_client(
         cid), 1, 4, 10, 0) for cid in parts.data.train.client_ids[:2]]
-    output = parts.algorithm.process.next(parts.initial_state, datasets)
-    after = parts.algorithm.process.get_model_weights(output.state).trainable
+    process = parts.algorithm.process
+    kept = [] if parts.algorithm.client_state is None else [  # e.g. stc's residuals
+        [process.initial_client_state] * len(datasets)]
+    output = process.next(parts.initial_state, datasets, *kept)
+    after = process.get_model_weights(output.state).trainable
     assert all(np.all(np.isfinite(w)) for w in after)
     up = parts.comm.round_metrics(2)["comm/aggregated_bits"]
     mean_bits = 2 * (sum(w.size for w in after) * 32 + 32)  # float32 weights + the weight

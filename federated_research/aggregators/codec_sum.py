@@ -6,16 +6,25 @@
 
 so a method's bits are what its encoder really emits (comm_bits.py reads them
 off the `federated_aggregate` argument type), with nothing to declare by hand.
-`method_aggregator` wraps the sum in TFF's weighted mean, and in TFF's adaptive
-zeroing and clipping when the method's options ask for them.
+A variable-length code (varlen.py) is the exception the types cannot tell: the
+server also sums the lengths the clients' codes really took, and reports the
+total as the measurement `measured_bits`, which the loop adds to
+comm/aggregated_bits. `method_aggregator` wraps the sum in TFF's weighted mean,
+and in TFF's adaptive zeroing and clipping when the method's options ask for
+them; a method whose server rule is not the mean (signSGD's majority vote) gets
+its own aggregation.
 """
 
 from __future__ import annotations
+
+import collections
 
 import tensorflow as tf
 import tensorflow_federated as tff
 from tensorflow_federated.python.core.impl.types import type_conversions
 
+from federated_research.aggregators.decoded_sum import sum_parts
+from federated_research.aggregators.majority_vote import MajorityVoteFactory
 from federated_research.compression.codec import decode_fn, encode_fn, restore
 from federated_research.compression.method import Method
 
@@ -26,6 +35,9 @@ def method_aggregator(method: Method) -> tff.aggregators.WeightedAggregationFact
         _default_clipping,
         _default_zeroing,
     )
+
+    if getattr(method, "server_rule", "mean") == "majority_vote":
+        return MajorityVoteFactory(method)
 
     factory = tff.aggregators.MeanFactory(CodecSumFactory(method))
     if method.clipping:
@@ -45,27 +57,19 @@ class CodecSumFactory(tff.aggregators.UnweightedAggregationFactory):
         specs = type_conversions.type_to_tf_tensor_specs(value_type)
         codecs = self.method.codecs([tuple(s.shape) for s in tf.nest.flatten(specs)])
         encode = tff.tensorflow.computation(value_type)(encode_fn(codecs, self.method.seed))
-        message_type = encode.type_signature.result
-        decode = decode_fn(codecs, self.method.seed)
-        zero = tff.tensorflow.computation(lambda: [tf.zeros([c.size], tf.float32) for c in codecs])
-        sum_type = zero.type_signature.result
-
-        @tff.tensorflow.computation(sum_type, message_type)
-        def accumulate(total, message):
-            return [t + x for t, x in zip(total, decode(message), strict=True)]
-
-        @tff.tensorflow.computation(sum_type, sum_type)
-        def merge(a, b):
-            return [x + y for x, y in zip(a, b, strict=True)]
-
-        report = tff.tensorflow.computation(sum_type)(lambda total: restore(total, specs))
+        parts = sum_parts(codecs, decode_fn(codecs, self.method.seed),
+                          encode.type_signature.result, lambda sums: restore(sums, specs))
         init_fn = tff.federated_computation(lambda: tff.federated_value((), tff.SERVER))
 
         @tff.federated_computation(init_fn.type_signature.result,
                                    tff.FederatedType(value_type, tff.CLIENTS))
         def next_fn(state, value):
             messages = tff.federated_map(encode, value)
-            result = tff.federated_aggregate(messages, zero(), accumulate, merge, report)
+            result = tff.federated_aggregate(messages, *parts)
+            if any(c.variable for c in codecs):
+                return tff.templates.MeasuredProcessOutput(
+                    state, result[0], tff.federated_zip(collections.OrderedDict(
+                        measured_bits=result[1])))
             return tff.templates.MeasuredProcessOutput(
                 state, result, tff.federated_value((), tff.SERVER))
 

@@ -41,7 +41,7 @@ import tensorflow_federated as tff
 from tensorflow_federated.python.core.impl.types import type_conversions
 
 from federated_research.aggregators.error import error_metrics
-from federated_research.compression.codec import decode_fn, encode_fn, restore
+from federated_research.compression.codec import decode_fn, encode_fn, measured_bits, restore
 from federated_research.compression.method import Method
 
 
@@ -88,6 +88,7 @@ class ErrorFeedbackFactory:
             self._client_step(encode_fn(codecs, self.method.seed), decode))
         message_type = client_step.type_signature.result[0]
         weighted = self.kind == "ef14"  # EF21's running average is over clients, unweighted
+        variable = any(c.variable for c in codecs)
         zero, accumulate, merge, report = _mean(
             codecs, decode, (message_type, weight_type) if weighted else message_type)
         server_step = tff.tensorflow.computation(memory_type, memory_type)(
@@ -109,12 +110,15 @@ class ErrorFeedbackFactory:
             mean = tff.federated_aggregate(
                 tff.federated_zip((message, weight)) if weighted else message, zero(),
                 accumulate, merge, report)
-            stepped = tff.federated_map(server_step, (state, mean))
-            measurements = tff.federated_value((), tff.SERVER)
+            stepped = tff.federated_map(server_step, (state, mean[0]))
+            measured = collections.OrderedDict()
+            if variable:  # the clients' variable-length codes, as long as they really were
+                measured["measured_bits"] = mean[1]
             if self.log_error:  # simulation only: the exact mean, kept out of comm/* bits
                 exact = tff.federated_mean(value, weight)
-                measurements = tff.federated_zip(collections.OrderedDict(
-                    update_error=tff.federated_map(error, (stepped[1], exact))))
+                measured["update_error"] = tff.federated_map(error, (stepped[1], exact))
+            measurements = (tff.federated_zip(measured) if measured
+                            else tff.federated_value((), tff.SERVER))
             return StatefulAggregationOutput(stepped[0], stepped[1], measurements, memory,
                                              collections.OrderedDict(residual_norm=owed))
 
@@ -177,28 +181,31 @@ class ErrorFeedbackFactory:
 def _mean(codecs, decode, sent_type):
     """`federated_aggregate`'s parts for the mean of the decoded messages: weighted by
     the weight each client sends beside its message when `sent_type` is (message,
-    weight), else by client (the server counts the messages; nothing more is sent)."""
+    weight), else by client (the server counts the messages; nothing more is sent).
+    Reports (the mean, the bits the messages' variable-length codes took)."""
     weighted = isinstance(sent_type, tuple)
-    sum_type = tff.types.to_type(([(np.float32, [c.size]) for c in codecs], np.float32))
+    sum_type = tff.types.to_type(([(np.float32, [c.size]) for c in codecs], np.float32,
+                                  np.int64))
 
     @tff.tensorflow.computation
     def zero():
-        return [tf.zeros([c.size], tf.float32) for c in codecs], tf.constant(0.0)
+        return ([tf.zeros([c.size], tf.float32) for c in codecs], tf.constant(0.0),
+                tf.constant(0, tf.int64))
 
     @tff.tensorflow.computation(sum_type, sent_type)
     def accumulate(total, sent):
-        values, weights = total
+        values, weights, bits = total
         message, weight = sent if weighted else (sent, 1.0)
         weight = tf.cast(weight, tf.float32)
         return ([t + weight * x for t, x in zip(values, decode(message), strict=True)],
-                weights + weight)
+                weights + weight, bits + measured_bits(codecs, message))
 
     @tff.tensorflow.computation(sum_type, sum_type)
     def merge(a, b):
-        return [x + y for x, y in zip(a[0], b[0], strict=True)], a[1] + b[1]
+        return [x + y for x, y in zip(a[0], b[0], strict=True)], a[1] + b[1], a[2] + b[2]
 
     report = tff.tensorflow.computation(sum_type)(
-        lambda total: [tf.math.divide_no_nan(t, total[1]) for t in total[0]])
+        lambda total: ([tf.math.divide_no_nan(t, total[1]) for t in total[0]], total[2]))
     return zero, accumulate, merge, report
 
 

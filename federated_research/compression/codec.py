@@ -22,6 +22,7 @@ import math
 from federated_research.lazy import tf
 
 SEED_BITS = 32  # the sender's seed, when a decoder needs it
+VARLEN = "varlen"  # a message's variable-length code: counted as written (varlen.py)
 
 
 def tensor_seed(client_seed: tf.Tensor, run_seed: int, index: int, stream: int = 0) -> tf.Tensor:
@@ -41,9 +42,14 @@ def content_seed(tensors: list[tf.Tensor], run_seed: int) -> tf.Tensor:
 
 
 class Codec(abc.ABC):
-    """One tensor's round trip, for a fixed shape."""
+    """One tensor's round trip, for a fixed shape.
+
+    A `variable` codec's message length depends on the data: part of its message is
+    a `varlen` entry (varlen.py) whose bits are measured as written, and `bits()`
+    is the fixed rest."""
 
     needs_seed: bool = False
+    variable: bool = False
 
     def __init__(self, shape: tuple[int, ...]) -> None:
         self.shape = tuple(int(d) for d in shape)
@@ -75,8 +81,17 @@ class Raw(Codec):
         return 32 * self.size
 
 
+def measured_bits(codecs: list[Codec], message) -> tf.Tensor:
+    """int64: the bits the variable-length codes of one message of `encode_fn(codecs, ...)`
+    really take (0 if no codec is variable)."""
+    found = [tf.cast(message["tensors"][i][VARLEN]["bits"], tf.int64)
+             for i, c in enumerate(codecs) if c.variable]
+    return tf.add_n(found) if found else tf.constant(0, tf.int64)
+
+
 def message_bits(codecs: list[Codec]) -> int:
-    """Exact bits of one message of `encode_fn(codecs, ...)`: every tensor, plus the seed."""
+    """Exact bits of one message of `encode_fn(codecs, ...)`: every tensor, plus the seed
+    (for variable codecs, the fixed part: `measured_bits` of a message adds the rest)."""
     return sum(c.bits() for c in codecs) + (SEED_BITS if any(c.needs_seed for c in codecs)
                                             else 0)
 

@@ -18,6 +18,7 @@ from tensorflow_federated.python.core.impl.types import type_conversions
 from federated_research.aggregators.error import error_metrics
 from federated_research.compression.codec import decode_fn, encode_fn, restore
 from federated_research.compression.method import Method
+from federated_research.errors import ConfigError
 
 
 class CompressedBroadcast:
@@ -27,6 +28,10 @@ class CompressedBroadcast:
     def create(self, weights_type: tff.Type) -> tff.learning.templates.DistributionProcess:
         specs = type_conversions.type_to_tf_tensor_specs(weights_type)
         codecs = self.method.codecs([tuple(s.shape) for s in tf.nest.flatten(specs)])
+        if any(c.variable for c in codecs):  # a broadcast's bits are read off its type
+            raise ConfigError(f"distributor={type(self.method).__name__.lower()}",
+                              "a variable-length code is measured on the uplink only",
+                              "use it as aggregator=, or a fixed-length distributor")
         encode = tff.tensorflow.computation(weights_type)(encode_fn(codecs, self.method.seed))
         decode_flat = decode_fn(codecs, self.method.seed)
 
