@@ -57,12 +57,19 @@ def _emitted_bits(message) -> int:
     return sum(int(np.prod(t.shape)) * t.dtype.size * 8 for t in tf.nest.flatten(message))
 
 
-def _padded(d: int, block: int = 4096) -> tuple[int, int]:
-    b = block_size(d, block)
+def _padded(d: int, bits: float = 1, scalars: int = 1) -> tuple[int, int]:
+    """d padded to whole rotation blocks, and the blocks: the block (64 to 4096) is the
+    one whose message, `bits` a padded coordinate and `scalars` float32 a block, is
+    smallest (ties to the larger)."""
+    def cost(b: int) -> tuple[int, int]:
+        return _words(math.ceil(d / b) * b, bits) + 32 * scalars * math.ceil(d / b), -b
+
+    b = min((2**k for k in range(6, 13)), key=cost)
+    assert b == block_size(d, 4096, bits, scalars)
     return math.ceil(d / b) * b, math.ceil(d / b)
 
 
-def _words(n: int, bits: int) -> int:
+def _words(n: int, bits: float) -> int:
     return 32 * math.ceil(n * bits / 32)
 
 
@@ -75,7 +82,9 @@ SIZES = [math.prod(s) for s in SHAPES]
 FORMULAS = {  # bits per client of the encoded update, from each module's docstring
     ("quantize", 8): sum(_words(d, 8) + 64 for d in SIZES),
     ("quantize", 3): sum(_words(d, 3) + 64 for d in SIZES),
-    ("rotated_quantize", 2): sum(_words(_padded(d)[0], 2) + 64 * _padded(d)[1]
+    ("rotated_quantize", 2): sum(_words(_padded(d, 2, 2)[0], 2) + 64 * _padded(d, 2, 2)[1]
+                                 for d in SIZES) + 32,
+    ("rotated_quantize", 6): sum(_words(_padded(d, 6, 2)[0], 6) + 64 * _padded(d, 6, 2)[1]
                                  for d in SIZES) + 32,
     ("drive", None): sum(_words(_padded(d)[0], 1) + 32 * _padded(d)[1] for d in SIZES) + 32,
     ("subsampled", None): sum(_words(_padded(_kept(d, .5))[0], 1) + 32 * _padded(
@@ -115,10 +124,15 @@ def test_bitpacking_is_tight_and_lossless(bits):
     np.testing.assert_array_equal(unpack(words, bits, n).numpy(), values)
 
 
-def test_rotation_is_orthonormal_and_pads_little():
+def test_rotation_is_orthonormal_and_sends_little():
     rotation = BlockRotation(1_605_632, 4096)
     assert rotation.padded == 1_605_632  # 392 blocks of 4096: nothing padded
     assert BlockRotation(51_200, 4096).block == 2048  # 25 x 2048 rather than 13 x 4096
+    # Scales count: 4128 = 4096 + 32 goes in 9 x 512 (4,896 bits), not 65 x 64 (6,240) or
+    # 2 x 4096 (8,256); 21,000 in 21 x 1024 (22,176), not 83 x 256 (23,904, least padding).
+    assert (BlockRotation(4128, 4096).block, BlockRotation(21_000, 4096).block) == (512, 1024)
+    # Below 64 coordinates a block is biased even after two rounds: tiny tensors are padded.
+    assert [BlockRotation(d, 4096).padded for d in (1, 10, 64, 65)] == [64, 64, 64, 128]
     x = tf.constant(np.random.default_rng(1).normal(size=5000).astype(np.float32))
     small = BlockRotation(5000, 4096)
     z = small.forward(x, tf.constant([3, 4]))
@@ -272,8 +286,7 @@ def test_compressed_broadcast_sends_the_encoding_and_clients_train_on_its_decodi
     method = build_distributor(cfg).method
     weights = _values(7)
     message = encode_fn([method.codec(s) for s in SHAPES], 0)([tf.constant(w) for w in weights])
-    assert sent == _emitted_bits(message) == FORMULAS[("rotated_quantize", 2)] + sum(
-        _words(_padded(d)[0], 6) - _words(_padded(d)[0], 2) for d in SIZES)
+    assert sent == _emitted_bits(message) == FORMULAS[("rotated_quantize", 6)]
 
     @tff.federated_computation(tff.FederatedType(weights_type, tff.SERVER),
                                tff.FederatedType(np.int32, tff.CLIENTS))
