@@ -95,6 +95,12 @@ FORMULAS = {  # bits per client of the encoded update, from each module's docstr
         min(max(1, round(.3 * d)) * math.ceil(math.log2(d)), d), 1) for d in SIZES),
     ("sketch", 16): 32 * (300 * 16 + 25 * 8 + 10) + 32,  # (300,70) sketched; 8, 10 cols raw
     ("sign", None): sum(_words(d, 1) + 32 for d in SIZES),  # signs and one scale a tensor
+    # codes at b bits a padded coordinate (a fractional b: two widths, as many at the
+    # higher as fill the last word) and one scale a block; b < 1: 1 bit on what is kept
+    **{("eden", b): sum(_words(_padded(d, b)[0], b) + 32 * _padded(d, b)[1] for d in SIZES)
+       + 32 for b in (1, 2, 2.5, 8)},
+    ("eden", 0.25): sum(_words(_padded(_kept(d, .25))[0], 1) + 32 * _padded(
+        _kept(d, .25))[1] for d in SIZES) + 32,
 }
 
 
@@ -110,6 +116,7 @@ CASES = [("quantize", {"bits": 8}, ("quantize", 8)), ("quantize", {"bits": 3}, (
          ("subsampled", {}, ("subsampled", None)), ("topk", {}, ("topk", 0.01)),
          ("topk", {"fraction": 0.3}, ("topk", 0.3)), ("sketch", {}, ("sketch", 16)),
          ("sign", {}, ("sign", None))]
+CASES += [("eden", {"bits": b}, ("eden", b)) for b in (1, 2, 2.5, 8, 0.25)]
 # A method added since: its declared formula (Method.message_bits) is what it is held to.
 CASES += [(name, {}, None) for name in method_options() if name not in {c[0] for c in CASES}]
 
