@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 
 from federated_research.compression.codec import Raw
 from federated_research.compression.drive import DriveCodec
-from federated_research.compression.eden import EdenCodec, eps
+from federated_research.compression.eden import EdenCodec, dequantize, eps, levels, quantize
 from federated_research.compression.method import build_method
 from federated_research.train import CONF_DIR
 
@@ -188,6 +188,15 @@ def test_eden_levels_are_the_authors():
                7: 0.9998365217700198, 8: 0.9999588149171329}
     for bits, value in authors.items():
         assert eps(bits) == pytest.approx(value, abs=1e-12)
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_eden_sends_the_nearest_level(bits):
+    y = np.random.default_rng(bits).normal(size=20_000).astype(np.float32) * 1.3
+    values, bounds = levels(bits)
+    codes = quantize(tf.constant(y), bits).numpy()
+    np.testing.assert_array_equal(codes, np.searchsorted(bounds.astype(np.float32), y, "right"))
+    np.testing.assert_allclose(dequantize(tf.constant(codes), bits), values[codes], atol=3e-7)
 
 
 @pytest.mark.parametrize("unbiased", [True, False])
