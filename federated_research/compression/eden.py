@@ -20,7 +20,8 @@ tensor, at ceil(b) bits and the rest at floor(b) (the authors draw the split fro
 the seed; a fixed count keeps the message's shape static, and an even spread keeps
 every block's mix at b: the estimate is unbiased whatever the positions). b < 1 is
 1-bit EDEN on a shared-seed random fraction b of the coordinates, scaled by 1/b
-(subsampled.py). The rotation is regenerated on the server from the client's seed:
+(subsampled.py), unbiased only (the minimum-error scale would err as much as
+sending 0). The rotation is regenerated on the server from the client's seed:
 
     b >= 1: bits = 32 * ceil(d' * b / 32) + 32 * blocks + 32 (seed),  d' = d padded to blocks
     b < 1:  the same with b = 1 for the m = 32 * round(b * ceil(d / 32)) coordinates kept
@@ -165,6 +166,11 @@ class Eden(Method):
         super().check()
         require(0 < self.bits <= MAX_BITS, "bits", self.bits,
                 f"is the bits a coordinate: more than 0, at most {MAX_BITS}", 2)
+        # Below 1 bit the kept coordinates are scaled by 1/b, which undoes the shrinking
+        # that makes the minimum-error scale worth having: its error is that of sending 0.
+        require(self.unbiased or self.bits >= 1, "unbiased", self.unbiased,
+                "below 1 bit the minimum-error scale errs as much as sending nothing "
+                "(normalised error 1)", "true")
         check_block_size(self.block_size)
 
     def make_codec(self, shape):
