@@ -338,3 +338,8 @@ def test_methods_compose_with_tffs_zeroing_and_clipping():
     output = robust.next(robust.initialize(), [_values(8), _values(9)], [1.0, 1.0])
     assert output.measurements["zeroed_count"] == 0  # TFF's zeroing wraps our factory
     assert comm_cost(robust.next).up > comm_cost(plain.next).up  # norm estimates travel too
+
+
+def test_eden_refuses_the_minimum_error_scale_below_one_bit():
+    with pytest.raises(ConfigError, match="aggregator.unbiased=false: below 1 bit"):
+        build_aggregator(_method("eden", bits=0.5, unbiased=False))

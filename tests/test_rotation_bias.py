@@ -9,8 +9,9 @@ project's CNN (a few SGD steps on embedded MNIST, early in training, where its
 biases are the most concentrated). The rotation before two rounds (one H D,
 blocks of least padding, from 16) fails here: drive's decodings missed the
 lognormal vector (256-blocks) by 23.5% of its norm, the spike by 33%, the CNN's
-10-element output bias by 32% (subsampled: 24.5%, 10.4%, 32%); two rounds in
-blocks of at least 64 pass, every bias below 1.7%.
+10-element output bias by 32% (subsampled: 9%, 26%, 32%). Two rounds in blocks
+of at least 64 pass; at 4,000 decodings their biases on those inputs were all
+below 0.5%, against floors of 0.2-2.3%.
 
 The statistic: N decodings under independent seeds, their mean m, and the bias
 with the Monte-Carlo part removed, b = sqrt(max(||m - x||^2 - tr(C) / N, 0)) / ||x||
@@ -39,7 +40,7 @@ pytestmark = pytest.mark.xdist_group("rotation_bias")
 UNBIASED = {"drive": ("drive", {}), "rotated_quantize": ("rotated_quantize", {}),
             "subsampled": ("subsampled", {}), "eden-2": ("eden", {"bits": 2}),
             "eden-1.5": ("eden", {"bits": 1.5})}
-SEEDS = {"small": 300, "dense": 10}  # decodings a tensor
+SEEDS = {"small": 240, "dense": 8}  # decodings a tensor
 DENSE = 1_605_632  # the CNN's 3136 x 512 kernel: few decodings suffice at that size
 
 
@@ -152,7 +153,7 @@ def test_the_statistic_sees_a_bias():
         assert bias > max(0.05, 3 * floor)
 
 
-def _vnmse(codec, x: np.ndarray, seeds: int = 6) -> float:
+def _vnmse(codec, x: np.ndarray, seeds: int = 4) -> float:
     xt = tf.constant(x, tf.float32)
     errors = []
     for s in range(seeds):
