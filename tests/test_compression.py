@@ -64,12 +64,19 @@ def _emitted_bits(message) -> int:
     return int(np.prod(message.shape)) * message.dtype.size * 8
 
 
-def _padded(d: int, block: int = 4096) -> tuple[int, int]:
-    b = block_size(d, block)
+def _padded(d: int, bits: float = 1, scalars: int = 1) -> tuple[int, int]:
+    """d padded to whole rotation blocks, and the blocks: the block (64 to 4096) is the
+    one whose message, `bits` a padded coordinate and `scalars` float32 a block, is
+    smallest (ties to the larger)."""
+    def cost(b: int) -> tuple[int, int]:
+        return _words(math.ceil(d / b) * b, bits) + 32 * scalars * math.ceil(d / b), -b
+
+    b = min((2**k for k in range(6, 13)), key=cost)
+    assert b == block_size(d, 4096, bits, scalars)
     return math.ceil(d / b) * b, math.ceil(d / b)
 
 
-def _words(n: int, bits: int) -> int:
+def _words(n: int, bits: float) -> int:
     return 32 * math.ceil(n * bits / 32)
 
 
@@ -82,7 +89,9 @@ SIZES = [math.prod(s) for s in SHAPES]
 FORMULAS = {  # bits per client of the encoded update, from each module's docstring
     ("quantize", 8): sum(_words(d, 8) + 64 for d in SIZES),
     ("quantize", 3): sum(_words(d, 3) + 64 for d in SIZES),
-    ("rotated_quantize", 2): sum(_words(_padded(d)[0], 2) + 64 * _padded(d)[1]
+    ("rotated_quantize", 2): sum(_words(_padded(d, 2, 2)[0], 2) + 64 * _padded(d, 2, 2)[1]
+                                 for d in SIZES) + 32,
+    ("rotated_quantize", 6): sum(_words(_padded(d, 6, 2)[0], 6) + 64 * _padded(d, 6, 2)[1]
                                  for d in SIZES) + 32,
     ("drive", None): sum(_words(_padded(d)[0], 1) + 32 * _padded(d)[1] for d in SIZES) + 32,
     ("subsampled", None): sum(_words(_padded(_kept(d, .5))[0], 1) + 32 * _padded(
@@ -93,6 +102,12 @@ FORMULAS = {  # bits per client of the encoded update, from each module's docstr
         min(max(1, round(.3 * d)) * math.ceil(math.log2(d)), d), 1) for d in SIZES),
     ("sketch", 16): 32 * (300 * 16 + 25 * 8 + 10) + 32,  # (300,70) sketched; 8, 10 cols raw
     ("sign", None): sum(_words(d, 1) + 32 for d in SIZES),  # signs and one scale a tensor
+    # codes at b bits a padded coordinate (a fractional b: two widths, as many at the
+    # higher as fill the last word) and one scale a block; b < 1: 1 bit on what is kept
+    **{("eden", b): sum(_words(_padded(d, b)[0], b) + 32 * _padded(d, b)[1] for d in SIZES)
+       + 32 for b in (1, 2, 2.5, 8)},
+    ("eden", 0.25): sum(_words(_padded(_kept(d, .25))[0], 1) + 32 * _padded(
+        _kept(d, .25))[1] for d in SIZES) + 32,
 }
 
 
@@ -108,6 +123,7 @@ CASES = [("quantize", {"bits": 8}, ("quantize", 8)), ("quantize", {"bits": 3}, (
          ("subsampled", {}, ("subsampled", None)), ("topk", {}, ("topk", 0.01)),
          ("topk", {"fraction": 0.3}, ("topk", 0.3)), ("sketch", {}, ("sketch", 16)),
          ("sign", {}, ("sign", None))]
+CASES += [("eden", {"bits": b}, ("eden", b)) for b in (1, 2, 2.5, 8, 0.25)]
 # A method added since: its declared formula (Method.message_bits) is what it is held to.
 CASES += [(name, {}, None) for name in method_options() if name not in {c[0] for c in CASES}]
 
@@ -122,10 +138,15 @@ def test_bitpacking_is_tight_and_lossless(bits):
     np.testing.assert_array_equal(unpack(words, bits, n).numpy(), values)
 
 
-def test_rotation_is_orthonormal_and_pads_little():
+def test_rotation_is_orthonormal_and_sends_little():
     rotation = BlockRotation(1_605_632, 4096)
     assert rotation.padded == 1_605_632  # 392 blocks of 4096: nothing padded
     assert BlockRotation(51_200, 4096).block == 2048  # 25 x 2048 rather than 13 x 4096
+    # Scales count: 4128 = 4096 + 32 goes in 9 x 512 (4,896 bits), not 65 x 64 (6,240) or
+    # 2 x 4096 (8,256); 21,000 in 21 x 1024 (22,176), not 83 x 256 (23,904, least padding).
+    assert (BlockRotation(4128, 4096).block, BlockRotation(21_000, 4096).block) == (512, 1024)
+    # Below 64 coordinates a block is biased even after two rounds: tiny tensors are padded.
+    assert [BlockRotation(d, 4096).padded for d in (1, 10, 64, 65)] == [64, 64, 64, 128]
     x = tf.constant(np.random.default_rng(1).normal(size=5000).astype(np.float32))
     small = BlockRotation(5000, 4096)
     z = small.forward(x, tf.constant([3, 4]))
@@ -283,8 +304,7 @@ def test_compressed_broadcast_sends_the_encoding_and_clients_train_on_its_decodi
     method = build_distributor(cfg).method
     weights = _values(7)
     message = encode_fn([method.codec(s) for s in SHAPES], 0)([tf.constant(w) for w in weights])
-    assert sent == _emitted_bits(message) == FORMULAS[("rotated_quantize", 2)] + sum(
-        _words(_padded(d)[0], 6) - _words(_padded(d)[0], 2) for d in SIZES)
+    assert sent == _emitted_bits(message) == FORMULAS[("rotated_quantize", 6)]
 
     @tff.federated_computation(tff.FederatedType(weights_type, tff.SERVER),
                                tff.FederatedType(np.int32, tff.CLIENTS))
@@ -329,3 +349,8 @@ def test_methods_compose_with_tffs_zeroing_and_clipping():
     output = robust.next(robust.initialize(), [_values(8), _values(9)], [1.0, 1.0])
     assert output.measurements["zeroed_count"] == 0  # TFF's zeroing wraps our factory
     assert comm_cost(robust.next).up > comm_cost(plain.next).up  # norm estimates travel too
+
+
+def test_eden_refuses_the_minimum_error_scale_below_one_bit():
+    with pytest.raises(ConfigError, match="aggregator.unbiased=false: below 1 bit"):
+        build_aggregator(_method("eden", bits=0.5, unbiased=False))

@@ -11,7 +11,8 @@ the client's 32-bit seed:
 
     bits = 32 * ceil(d' / 32) + 32 * blocks + 32 (seed),  d' = d padded to whole blocks
 
-about 1.008 bits a coordinate on the CNN.
+the blocks being of the power of two B, 64 to `block_size`, that makes this smallest:
+about 1.008 bits a coordinate on the CNN. `eden` at bits=1 decodes the same.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class DriveCodec(Codec):
 
     def __init__(self, shape, block_size: int, unbiased: bool) -> None:
         super().__init__(shape)
-        self.rotation = BlockRotation(self.size, block_size)
+        self.rotation = BlockRotation(self.size, block_size, bits=1, scalars=1)
         self.unbiased = unbiased
 
     def encode(self, x, seed):
@@ -57,7 +58,7 @@ class DriveCodec(Codec):
 
 @dataclass
 class Drive(Method):
-    block_size: int = 4096   # the largest rotation block; smaller ones where that pads less
+    block_size: int = 4096   # the largest rotation block; smaller ones where that sends less
     unbiased: bool = True    # the paper's unbiased scale; false = the minimum-error scale
 
     def check(self) -> None:

@@ -4,10 +4,13 @@ Suresh et al. (2017), "Distributed Mean Estimation with Limited Communication":
 rotating first spreads a vector's energy evenly over its coordinates, so the
 min-max range each quantiser step covers shrinks from the largest coordinate's
 size to about sqrt(2 ln d / d) of the norm, and k-bit codes lose far less. Each
-rotated block (rotation.py) is quantised on its own [min, max]. The rotation is
+rotated block (rotation.py) is quantised on its own [min, max], with stochastic
+rounding, so the estimate is unbiased whatever the rotation. The rotation is
 regenerated on the server from the client's 32-bit seed, never sent:
 
     bits = 32 * ceil(d' * k / 32) + 64 * blocks + 32 (seed),  d' = d padded to whole blocks
+
+the blocks being of the power of two B, 64 to `block_size`, that makes this smallest.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from federated_research.compression.bitpack import packed_words
 from federated_research.compression.codec import Codec
 from federated_research.compression.method import Method
 from federated_research.compression.quantize import dequantize_rows, quantize_rows
-from federated_research.compression.rotation import BlockRotation
+from federated_research.compression.rotation import MIN_BLOCK, BlockRotation
 from federated_research.lazy import tf
 from federated_research.options import require
 
@@ -29,7 +32,7 @@ class RotatedQuantizeCodec(Codec):
     def __init__(self, shape, bits: int, block_size: int) -> None:
         super().__init__(shape)
         self.code_bits = bits
-        self.rotation = BlockRotation(self.size, block_size)
+        self.rotation = BlockRotation(self.size, block_size, bits=bits, scalars=2)
 
     def encode(self, x, seed):
         z = self.rotation.forward(x, seed)
@@ -44,14 +47,16 @@ class RotatedQuantizeCodec(Codec):
 
 
 def check_block_size(block_size: int) -> None:
-    require(block_size >= 2 and block_size & (block_size - 1) == 0 and block_size <= 2**16,
-            "block_size", block_size, "must be a power of two from 2 to 65536", 4096)
+    require(block_size >= MIN_BLOCK and block_size & (block_size - 1) == 0
+            and block_size <= 2**16, "block_size", block_size,
+            f"must be a power of two from {MIN_BLOCK} to 65536 (smaller rotation blocks are "
+            "biased: compression/rotation.py)", 4096)
 
 
 @dataclass
 class RotatedQuantize(Method):
     bits: int = 2
-    block_size: int = 4096   # the largest rotation block; smaller ones where that pads less
+    block_size: int = 4096   # the largest rotation block; smaller ones where that sends less
 
     unbiased = True
 
