@@ -99,7 +99,13 @@ def _bench(cfgs: dict, rounds: int) -> dict:
     from federated_research.build import build_run_parts
     from federated_research.client_state import build_store
     from federated_research.data.client_examples import ClientExamples
-    from federated_research.loop import RunState, client_datasets, next_round, sample_clients
+    from federated_research.loop import (
+        RunState,
+        client_datasets,
+        next_round,
+        reported_bits,
+        sample_clients,
+    )
 
     first = next(iter(cfgs.values()))
     parts = {m: build_run_parts(cfg) for m, cfg in cfgs.items()}
@@ -108,8 +114,8 @@ def _bench(cfgs: dict, rounds: int) -> dict:
     runs = {m: RunState(p.initial_state, clients=build_store(
         cfgs[m].client_state.store, p.algorithm.client_state, list(data.train.client_ids),
         Path(folder.name) / str(i))) for i, (m, p) in enumerate(parts.items())}
-    results = {m: {"seconds": [], "up": p.comm.model.up, "down": p.comm.model.down}
-               for m, p in parts.items()}
+    results = {m: {"seconds": [], "up": p.comm.model.up, "down": p.comm.model.down,
+                   "measured": []} for m, p in parts.items()}
     client_ids = list(data.train.client_ids)
     examples = ClientExamples(data.train, data.task)  # decoded once, shared by every method
     for client_id in client_ids:  # all of them, so that memory growth is the stores'
@@ -128,8 +134,10 @@ def _bench(cfgs: dict, rounds: int) -> dict:
             start = time.perf_counter()
             datasets = client_datasets(data, sampled, p.spec, round_num, examples)
             run = runs[method]  # reads and stages the clients' states, if they keep any
-            run.state = next_round(p.algorithm.process, run, datasets, sampled, round_num)[
-                0].state
+            output = next_round(p.algorithm.process, run, datasets, sampled, round_num)[0]
+            run.state = output.state
+            # variable-length codes (qsgd, stc): the bits the clients' codes really took
+            results[method]["measured"].append(reported_bits(output.metrics) / len(sampled))
             if run.clients is not None:
                 run.clients.commit()
             results[method]["seconds"].append(time.perf_counter() - start)
@@ -141,6 +149,8 @@ def _bench(cfgs: dict, rounds: int) -> dict:
     if stored:
         print(f"after the first round, the run's resident memory grew by {grown:,} bytes; the "
               f"memory stores by {stored:,} bytes ({grown / stored:.2f}x)")
+    for r in results.values():  # up: the fixed part plus the codes' mean measured length
+        r["up"] = round(r["up"] + statistics.mean(r.pop("measured")))
     _report_stores(runs, results)
     folder.cleanup()
     return results
