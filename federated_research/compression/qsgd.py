@@ -75,21 +75,24 @@ class QsgdCodec(Codec):
 
     def decode(self, message, seed):
         del seed  # the rounding noise is the sender's alone
-        if not self.variable:
+        if not self.variable:  # every coordinate: no positions to scatter
             codes = unpack(message["codes"], self.level_bits, self.size)
-            level, negative = tf.bitwise.right_shift(codes, 1), tf.bitwise.bitwise_and(codes, 1)
-            where = tf.range(self.size)
-        else:
-            reader = varlen.Reader(message["varlen"])
-            count = message["count"][0]
-            gap_unary, level_unary = reader.unary(count), reader.unary(count)
-            gaps, level = varlen.read_elias(self.coding, [gap_unary, level_unary], reader)
-            negative = reader.binary(tf.ones_like(level))
-            where = tf.cumsum(gaps) - 1
-        sign = 1.0 - 2.0 * tf.cast(negative, tf.float32)
-        norm = tf.gather(message["norms"], where // self.bucket)
-        values = norm * sign * tf.cast(level, tf.float32) / float(self.levels)
+            norm = tf.reshape(tf.tile(message["norms"][:, None], [1, self.bucket]),
+                              [-1])[:self.size]
+            return self._values(norm, tf.bitwise.right_shift(codes, 1),
+                                tf.bitwise.bitwise_and(codes, 1))
+        reader = varlen.Reader(message["varlen"])
+        count = message["count"][0]
+        gap_unary, level_unary = reader.unary(count), reader.unary(count)
+        gaps, level = varlen.read_elias(self.coding, [gap_unary, level_unary], reader)
+        negative = reader.binary(tf.ones_like(level))
+        where = tf.cumsum(gaps) - 1
+        values = self._values(tf.gather(message["norms"], where // self.bucket), level, negative)
         return tf.scatter_nd(where[:, None], values, [self.size])
+
+    def _values(self, norm, level, negative):
+        sign = 1.0 - 2.0 * tf.cast(negative, tf.float32)
+        return norm * sign * tf.cast(level, tf.float32) / float(self.levels)
 
     def bits(self) -> int:
         """The fixed part (coding: fixed, all of it); the code's bits are measured."""
