@@ -49,11 +49,11 @@ class SignSgd(Method):
         for key, value in (("error_feedback", self.error_feedback != "none"),
                            ("zeroing", self.zeroing), ("clipping", self.clipping)):
             if value:
-                raise ConfigError(f"aggregator.{key}={getattr(self, key)}",
+                raise ConfigError(f"{key}={str(getattr(self, key)).lower()}",
                                   "signSGD's majority vote replaces the weighted mean that "
                                   f"{key} is built around",
-                                  f"drop aggregator.{key}, or use aggregator=sign "
-                                  "(scaled signs, averaged) with it")
+                                  f"drop it, or use aggregator=sign (scaled signs, "
+                                  f"averaged) with {key}")
 
     def make_codec(self, shape):
         return SignOnlyCodec(shape)
