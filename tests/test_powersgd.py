@@ -63,10 +63,11 @@ def _gram_schmidt(p: np.ndarray) -> np.ndarray:
     return p
 
 
-def _reference(updates, weights, q0):
+def _reference(updates, weights, q0, against_aggregate=False):
     """Algorithms 1 and 2 in numpy (float64), the means weighted by `weights` (equal
     weights: the paper's); a client of weight 0 keeps its residual. Per round: the
-    aggregate of each tensor, each client's residuals (out x rest) and the next Q."""
+    aggregate of each tensor, each client's residuals (out x rest) and the next Q.
+    `against_aggregate`: the residual the authors' code keeps, Delta_i - P_hat Q^T."""
     weights = np.asarray(weights, np.float64)
     compressed = [i for i, s in enumerate(SHAPES) if len(s) > 1]
     residuals = [[np.zeros_like(_matrix(updates[0][0][i])) for i in compressed]
@@ -81,6 +82,8 @@ def _reference(updates, weights, q0):
         local = [[d[j].T @ p_hat[j] for j in range(len(compressed))] for d in deltas]
         qs = [sum(w * q[j] for w, q in zip(weights, local, strict=True)) / weights.sum()
               for j in range(len(compressed))]
+        if against_aggregate:
+            local = [qs] * len(deltas)
         residuals = [[d[j] - p_hat[j] @ q[j].T for j in range(len(compressed))]
                      if w > 0 else residuals[c]
                      for c, (w, d, q) in enumerate(zip(weights, deltas, local, strict=True))]
@@ -114,6 +117,12 @@ def test_three_rounds_of_three_clients_match_a_numpy_reference_of_the_paper(weig
     assert max(float(np.abs(e).max()) for c in memory for e in c) > 0.1  # a real residual
     if weights[2] == 0:  # the silent client never sent: its residual is still zero
         assert all(not np.any(e) for e in memory[2])
+    else:  # every client every round: the authors' code's residual gives the same aggregates
+        others = _reference(updates, weights, [np.asarray(q) for q in process.initialize()],
+                            against_aggregate=True)
+        for (mine, _, _), (theirs, _, _) in zip(want, others, strict=True):
+            for a, b in zip(mine, theirs, strict=True):
+                np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9)
 
 
 def test_full_rank_from_one_client_is_exact():

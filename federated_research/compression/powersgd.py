@@ -20,9 +20,17 @@ Which tensors. As the authors' code does, a tensor of one dimension (a bias) is 
 as float32, and a tensor of shape (..., k) is the matrix (n, m) = (k, rest): the
 authors' (out, in x kh x kw), which Keras stores transposed. Of those, a matrix is
 compressed only where it sends fewer floats: n m / (r (n + m)) > `min_compression_rate`
-(1 by default: never more floats than the tensor; the authors' library compresses when
-n m > 2 x their per-step r (n + m) / 2, the same rule; the paper compresses every matrix,
+(1 by default: never more floats than the tensor. The authors' library (powersgd.py,
+`min_compression_rate=2` against r (n + m) / 2, as it sends P or Q alternately) is the
+same rule for a matrix; the paper's code compresses every matrix,
 `min_compression_rate: 0`).
+
+The residual. Client i keeps e_i = Delta_i - P_hat Q_i^T, its own error (the paper's
+Algorithm 2, "memorize local errors"); the paper's code (gradient_reducers.py,
+RankKReducer) keeps Delta_i - P_hat Q^T, the error against the aggregate. Every step
+above is linear in the clients' mean, and the two residuals have the same mean, so with
+every client in every round at equal weights the aggregates are the same (the tests
+check it); under client sampling only the first is what client i still owes.
 
     up   = 32 (sum over compressed matrices (n + m) r + sum over raw tensors d) + 32
            (the weight, once, with P_i: the server weights the Q_i by what it heard)
