@@ -253,3 +253,22 @@ def test_a_resumed_run_equals_one_that_never_stopped(tmp_path):
     whole_history = _deterministic(_journal_history(whole_dir))
     assert _deterministic(_journal_history(split_dir)) == whole_history
     assert whole_history[4]["client_state/residual_norm"] > 0
+
+
+def test_a_sweep_report_pairs_powersgd_with_its_feedback_off():
+    from types import SimpleNamespace
+
+    from federated_research.feedback_gain import feedback_gains
+
+    def runs(*accuracies):
+        return [SimpleNamespace(seed=s, final_accuracy=a, train_clients=None)
+                for s, a in enumerate(accuracies)]
+
+    base = {"aggregator": "powersgd", "clients_per_round": "10", "dataset.num_clients": "40"}
+    on = tuple(sorted({**base, "aggregator.error_feedback": "true"}.items()))
+    off = tuple(sorted({**base, "aggregator.error_feedback": "false"}.items()))
+    (row,) = feedback_gains({on: runs(0.9, 0.8), off: runs(0.85, 0.8)},
+                            {on: "powersgd-true", off: "powersgd-false"})
+    assert (row["without"], row["method"], row["feedback"]) == (
+        "powersgd-false", "powersgd", "true")
+    assert row["gain"] == pytest.approx(2.5) and row["participation"] == 0.25
