@@ -140,11 +140,11 @@ class PowerSgdFactory(ClientStepFactory, tff.aggregators.WeightedAggregationFact
         def round_(state, value, weight, *residuals):
             start = tff.federated_broadcast(state)                                       # 1
             sent = tff.federated_map(first, (value, weight, *residuals, start))          # 2
-            heard_ = tff.federated_map(heard, tff.federated_sum(sent[0]))                # 3, 4
-            p_hat = tff.federated_broadcast(heard_["p_hat"])                             # 5
+            orth = tff.federated_map(heard, tff.federated_sum(sent[0]))                  # 3, 4
+            p_hat = tff.federated_broadcast(orth["p_hat"])                               # 5
             answered = tff.federated_map(second, (sent[1], sent[2], *residuals, p_hat))  # 6
             q_sum = tff.federated_sum(answered[0] if residuals else answered)            # 7
-            finished = tff.federated_map(finish, (state, heard_, q_sum))                 # 8
+            finished = tff.federated_map(finish, (state, orth, q_sum))                   # 8
             measured = (tff.federated_zip(collections.OrderedDict(update_error=tff.federated_map(
                 error, (finished[1], tff.federated_mean(value, weight)))))  # simulation only
                 if log_error else tff.federated_value((), tff.SERVER))
