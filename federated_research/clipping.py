@@ -12,7 +12,7 @@ from dataclasses import replace
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from federated_research.aggregators.error_feedback import ErrorFeedbackFactory
+from federated_research.aggregators.error_feedback import ClientStepFactory
 
 
 class GradientClipping(tff.learning.optimizers.Optimizer):
@@ -46,10 +46,11 @@ def clip_updates(aggregator: tff.aggregators.WeightedAggregationFactory,
                  clip_norm: float | None) -> tff.aggregators.WeightedAggregationFactory:
     """TFF's `clipping_factory` around the uplink: each client projects its update onto
     the L2 ball of radius `clip_norm` before it is encoded and sent. Its traffic (the
-    clipped-count sum) is the aggregator's, counted with it. Under error feedback the
-    client clips its update before adding what it owes, and sends no count."""
+    clipped-count sum) is the aggregator's, counted with it. Under error feedback (and
+    PowerSGD, error_feedback.ClientStepFactory) the client clips its update before adding
+    what it owes, and sends no count."""
     if clip_norm is None:
         return aggregator
-    if isinstance(aggregator, ErrorFeedbackFactory):  # clipped on the client, before feedback
+    if isinstance(aggregator, ClientStepFactory):  # clipped on the client, before feedback
         return replace(aggregator, clip_norm=clip_norm)
     return tff.aggregators.clipping_factory(clip_norm, aggregator)

@@ -388,7 +388,7 @@ def options_class(node: DictConfig) -> type[Options]:
         return _BY_TARGET[target]
     if str(target).startswith("federated_research.compression."):
         cls = hydra.utils.get_class(target)
-        if is_method(cls):
+        if is_method(cls) or issubclass(cls, Options):  # a method, or PowerSGD's options
             return cls
     return TargetConfig if set(node.keys()) <= {"_target_"} else _Untyped
 

@@ -30,9 +30,10 @@ def diverged(cfg, detail: str) -> DivergedError:
     """The one line for a run whose training diverged, blaming what most likely did it:
     error feedback around a compressor whose error can exceed the update (1-bit
     stochastic quantize, sketch: the residual then grows every round), else the
-    client learning rate."""
+    client learning rate (also under PowerSGD's feedback, `error_feedback: true`: its
+    residual is a projection's error, never larger than the update)."""
     feedback = cfg.aggregator.get("error_feedback", "none")
-    if feedback not in (None, "none"):
+    if isinstance(feedback, str) and feedback != "none":  # ef14, ef21
         return DivergedError(
             f"aggregator.error_feedback={feedback}", f"training diverged: {detail}",
             "error feedback needs a compressor whose error is smaller than the update "

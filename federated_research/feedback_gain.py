@@ -1,6 +1,7 @@
 """Error feedback's gain in a sweep's report, and how it falls as clients return less often.
 
-For every configuration with `aggregator.error_feedback` ef14 or ef21, the gain is its
+For every configuration with `aggregator.error_feedback` ef14 or ef21 (or PowerSGD's
+true), the gain is its
 final eval accuracy minus that of the same configuration without feedback, paired by
 seed (points). Participation is clients_per_round / dataset.num_clients: a client is
 sampled about once in 1/participation rounds, so its memory is that old when used.
@@ -16,6 +17,7 @@ from pathlib import Path
 from federated_research.intervals import t_interval
 
 FEEDBACK_KEY = "aggregator.error_feedback"
+OFF = ("none", "false", "False")  # a method's feedback off (PowerSGD's is a bool), as logged
 
 
 def _participation(params: dict, runs: list) -> float | None:
@@ -40,10 +42,11 @@ def feedback_gains(configs: dict, labels: dict) -> list[dict]:
     for key, runs in configs.items():
         params = dict(key)
         kind = params.get(FEEDBACK_KEY)
-        if kind in (None, "none"):
+        if kind is None or str(kind) in OFF:
             continue
-        twin = tuple(sorted({**params, FEEDBACK_KEY: "none"}.items()))
-        if twin not in by_key:
+        twin = next((t for t in (tuple(sorted({**params, FEEDBACK_KEY: off}.items()))
+                                 for off in OFF) if t in by_key), None)
+        if twin is None:
             continue
         base = {r.seed: r.final_accuracy for r in by_key[twin]}
         gains = [100 * (r.final_accuracy - base[r.seed]) for r in runs
@@ -57,7 +60,7 @@ def feedback_gains(configs: dict, labels: dict) -> list[dict]:
                      "gain_std": statistics.stdev(gains) if len(gains) > 1 else 0.0,
                      "gain_ci": [interval.low, interval.high],  # 95% t; None: one seed
                      "distinguishable": interval.excludes_zero,
-                     "method": "-".join(t for t in labels[twin].split("-") if t != "none")})
+                     "method": "-".join(t for t in labels[twin].split("-") if t not in OFF)})
     return sorted(rows, key=lambda r: (r["method"], r["feedback"], r["participation"] or 0))
 
 

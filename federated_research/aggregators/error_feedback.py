@@ -40,7 +40,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 from tensorflow_federated.python.core.impl.types import type_conversions
 
-from federated_research.aggregators.error import error_metrics
+from federated_research.aggregators.error import UpdateErrorFactory, error_metrics
 from federated_research.compression.codec import decode_fn, encode_fn, measured_bits, restore
 from federated_research.compression.method import Method
 
@@ -67,8 +67,31 @@ class ClientStatefulAggregation(tff.templates.IterativeProcess):
         self.client_state_type = next_fn.type_signature.parameter[3].member
 
 
+class ClientStepFactory:
+    """An uplink factory of this library that runs its own client step (a dataclass with
+    fields `clip_norm` and `log_error`): it clips each update on the client
+    (client.update_clip_norm, before any feedback, sending no clipped count), logs its own
+    error (`log_error`: comm/update_mse), and, where `keeps_client_state`, creates
+    ClientStatefulAggregations, which FedAvg runs on the Federated Core (custom_fedavg.py).
+    `feedback` is the setting that made its clients keep state, as a user types it."""
+
+    keeps_client_state: bool = True
+
+    @property
+    def feedback(self) -> str:
+        raise NotImplementedError
+
+    def measured_part(self) -> ClientStepFactory:
+        """The same aggregation without the simulation-only exact mean (for the accounting)."""
+        return replace(self, log_error=False)
+
+    def diagnostic_process(self, value_type, weight_type) -> tff.templates.MeasuredProcess:
+        """Only the traffic `log_error` adds: the raw weighted mean."""
+        return UpdateErrorFactory(None).diagnostic_process(value_type, weight_type)
+
+
 @dataclass(frozen=True)
-class ErrorFeedbackFactory:
+class ErrorFeedbackFactory(ClientStepFactory):
     """`create(value_type, weight_type)` -> a ClientStatefulAggregation of `method` with
     feedback `kind`; `participation` is p of EF21-PP; `clip_norm` clips each update
     (client.update_clip_norm) before the feedback; `log_error` adds comm/update_mse."""
@@ -167,15 +190,9 @@ class ErrorFeedbackFactory:
 
         return server_step
 
-    def measured_part(self) -> ErrorFeedbackFactory:
-        """The same aggregation without the simulation-only exact mean (for the accounting)."""
-        return replace(self, log_error=False)
-
-    def diagnostic_process(self, value_type, weight_type) -> tff.templates.MeasuredProcess:
-        """Only the traffic `log_error` adds: the raw weighted mean."""
-        from federated_research.aggregators.error import UpdateErrorFactory
-
-        return UpdateErrorFactory(None).diagnostic_process(value_type, weight_type)
+    @property
+    def feedback(self) -> str:
+        return f"aggregator.error_feedback={self.kind}"
 
 
 def _mean(codecs, decode, sent_type):

@@ -10,7 +10,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from federated_research.aggregators.error import UpdateErrorFactory
-from federated_research.aggregators.error_feedback import ErrorFeedbackFactory
+from federated_research.aggregators.error_feedback import ClientStepFactory
 from federated_research.comm_bits import CommCost, RoundComm, round_comm
 from federated_research.distributors.plain import PlainBroadcast
 from federated_research.models import ModelSpec
@@ -95,7 +95,7 @@ def aggregation_parts(aggregator: tff.aggregators.WeightedAggregationFactory, va
     if isinstance(aggregator, UpdateErrorFactory):
         return (aggregator.inner.create(value_type, weight_type),
                 (aggregator.diagnostic_process(value_type, weight_type),))
-    if isinstance(aggregator, ErrorFeedbackFactory) and aggregator.log_error:
+    if isinstance(aggregator, ClientStepFactory) and aggregator.log_error:
         return (aggregator.measured_part().create(value_type, weight_type),
                 (aggregator.diagnostic_process(value_type, weight_type),))
     return aggregator.create(value_type, weight_type), ()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow_federated as tff
 
-from federated_research.aggregators.error_feedback import ErrorFeedbackFactory
+from federated_research.aggregators.error_feedback import ClientStepFactory
 from federated_research.algorithms import CLIENT_LOOP, FederatedAlgorithm, tff_algorithm
 from federated_research.algorithms.custom_fedavg import build_custom_fedavg
 from federated_research.distributors import Distributor
@@ -18,11 +18,12 @@ def build_fedavg(model: ModelSpec, client_optimizer: tff.learning.optimizers.Opt
     """`tff.learning.algorithms.build_weighted_fed_avg`, clients weighted by example count.
 
     TFF's builder keeps nothing per client; with an uplink whose clients keep state
-    (`aggregator.error_feedback`), the same FedAvg is built on the Federated Core
+    (`aggregator.error_feedback`, PowerSGD's residuals), the same FedAvg is built on the
+    Federated Core
     (custom_fedavg.py: the same numbers as TFF's builder, bit for bit, as long as every
     update is finite; it does not zero a client's non-finite update as TFF's does).
     """
-    if isinstance(aggregator, ErrorFeedbackFactory):
+    if isinstance(aggregator, ClientStepFactory) and aggregator.keeps_client_state:
         return build_custom_fedavg(model, client_optimizer, server_optimizer, aggregator,
                                    distributor)
     return tff_algorithm(lambda distribution: tff.learning.algorithms.build_weighted_fed_avg(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow_federated as tff
 
-from federated_research.aggregators.error_feedback import ErrorFeedbackFactory
+from federated_research.aggregators.error_feedback import ClientStepFactory
 from federated_research.algorithms import CLIENT_LOOP, FederatedAlgorithm, tff_algorithm
 from federated_research.clipping import GradientClipping
 from federated_research.distributors import Distributor
@@ -26,11 +26,11 @@ def build_fedsgd(model: ModelSpec, client_optimizer: tff.learning.optimizers.Opt
         raise ConfigError("client.gradient_clip_norm", "algorithm=fedsgd takes no local "
                           "step, so there is no local gradient to clip",
                           "use client.update_clip_norm, which clips the gradient a client sends")
-    if isinstance(aggregator, ErrorFeedbackFactory):
-        raise ConfigError(f"aggregator.error_feedback={aggregator.kind}", "algorithm=fedsgd is "
+    if isinstance(aggregator, ClientStepFactory) and aggregator.keeps_client_state:
+        raise ConfigError(aggregator.feedback, "algorithm=fedsgd is "
                           "TFF's builder, whose clients keep no state between rounds",
-                          "use algorithm=fedavg (its clients keep the residual), or drop "
-                          "aggregator.error_feedback")
+                          "use algorithm=fedavg (its clients keep the residual), or turn "
+                          "aggregator.error_feedback off")
     return tff_algorithm(lambda distribution: tff.learning.algorithms.build_fed_sgd(
         model.tff_model_fn, server_optimizer_fn=server_optimizer,
         model_distributor=distribution, model_aggregator=aggregator,
