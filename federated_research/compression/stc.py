@@ -26,10 +26,8 @@ from dataclasses import dataclass
 from federated_research.compression import varlen
 from federated_research.compression.bitpack import pack, packed_words, unpack
 from federated_research.compression.codec import Codec
-from federated_research.compression.method import Method
-from federated_research.compression.topk import TopKCodec
+from federated_research.compression.topk import TopK, TopKCodec
 from federated_research.lazy import tf
-from federated_research.options import require
 
 GOLDEN = (1 + math.sqrt(5)) / 2
 
@@ -74,14 +72,8 @@ class StcCodec(Codec):
 
 
 @dataclass
-class Stc(Method):
-    fraction: float = 0.01       # p: of each tensor's coordinates kept
+class Stc(TopK):  # top-k's `fraction` and its check; a ternary message; feedback on
     error_feedback: str = "ef14"  # the paper's residual accumulation
-
-    def check(self) -> None:
-        super().check()
-        require(0 < self.fraction <= 1, "fraction", self.fraction,
-                "is the fraction of coordinates kept: in (0, 1]", 0.01)
 
     def make_codec(self, shape):
         return StcCodec(shape, self.fraction)
