@@ -15,9 +15,15 @@ top bit the sign. Nothing but the table is sent (the hashes are never sent):
 
     bits = 32 * r * c
 
-Cost on CPU, d = 1.66 M (the CNN), r = 5: ~40-70 ms to draw the hashes and
-~100 ms to add the r x d signed values into their buckets, per sketch; estimating
-every coordinate (a gather and a median of r values each) ~100 ms.
+Cost on CPU (2 cores), d = 1.66 M (the CNN), r = 5, per sketch: ~55 ms to draw
+the hashes and ~155 ms to add the r x d signed values into their buckets
+(`unsorted_segment_sum`; `bincount` and `scatter_nd` are no faster); estimating
+every coordinate (a gather and a median of r values each) ~100 ms. Both scale with
+r d. Hashing by arithmetic instead, ((a i + b) mod p) mod c as the authors' CSVec
+does, measured slower in TensorFlow (int64 ops: ~105 ms), and so did summing a
+gathered permutation. Drawing the hashes once per worker and keeping them between
+calls would save about a quarter; TFF's computations are stateless, and a 33 MB
+constant in each of them is what that would take.
 """
 
 from __future__ import annotations

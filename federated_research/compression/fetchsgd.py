@@ -29,6 +29,13 @@ else a count; the defaults are the authors' code's (5 rows, 500,000 columns and
 k = 50,000 for their ResNet9 of about 6.5 M weights); rho = 0.9 is the paper's.
 The momentum makes the long-run step up to 1 / (1 - rho) times the mean update:
 with FedAvg's deltas, give the server optimizer a learning rate near 1 - rho.
+
+Round time (`scripts/bench_aggregators.py mean fetchsgd --rounds 4`, the CNN, 10
+clients, 2 shared cores): 2.94 s against `mean`'s 0.79 s, 3.7x, not the 1.15x the
+other methods aim at. The cost is the sketch itself, paid by every client: hashing
+and adding r d = 8.3 M signed values (~210 ms a client, count_sketch.py), then the
+server's estimate of all d coordinates (~200 ms with the hashes and the top-k). It
+scales with `rows`: one row costs about a fifth.
 """
 
 from __future__ import annotations
