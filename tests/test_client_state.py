@@ -25,9 +25,10 @@ from tests.conftest import compose_config, options
 pytestmark = pytest.mark.xdist_group("client_state")
 
 # signsgd's majority vote refuses feedback (tests/test_varlen.py): it has no mean to correct;
-# powersgd is no codec to wrap: its feedback is its own (tests/test_powersgd.py)
+# powersgd is no codec to wrap: its feedback is its own (tests/test_powersgd.py);
+# fetchsgd refuses it: its error accumulation is the server's, in sketch space
 METHODS = sorted(set(options("aggregator")) - {"mean", "compression", "tff_compression",
-                                                 "topk", "signsgd", "powersgd"})
+                                                 "topk", "signsgd", "powersgd", "fetchsgd"})
 TINY = ["model=linear", "dataset.num_clients=8", "clients_per_round=3", "rounds=2"]
 SHAPES = [(12,), (3, 4)]
 FRACTION = 0.25  # k = 3 of 12 coordinates per tensor

@@ -160,12 +160,12 @@ def test_counted_bits_are_what_the_encoder_emits(name, options, formula):
     method = _build(name, **options)
     process = method_aggregator(method).create(VALUE_TYPE, tff.TensorType(np.float32))
     counted = comm_cost(process.next).up
-    codecs = [method.codec(s) for s in SHAPES]
+    codecs = method.codecs(SHAPES)  # one a tensor, or one for the whole update (fetchsgd)
     message = encode_fn(codecs, method.seed)([tf.constant(v) for v in _values()])
     emitted = _emitted_bits(message)
     measured = int(measured_bits(codecs, message))  # variable-length codes: as written
     assert measured > 0 if any(c.variable for c in codecs) else measured == 0
-    weight = 0 if getattr(method, "server_rule", "mean") == "majority_vote" else 32
+    weight = 32 if getattr(method, "server_rule", "mean") == "mean" else 0  # vote, fetchsgd
     assert counted + measured == emitted + weight  # + the weighted mean's float32 weight
     # the method's own declared formula (the fixed part; tests/test_varlen.py: the rest)
     assert emitted == method.message_bits(SHAPES) + measured

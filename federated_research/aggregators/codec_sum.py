@@ -11,8 +11,8 @@ server also sums the lengths the clients' codes really took, and reports the
 total as the measurement `measured_bits`, which the loop adds to
 comm/aggregated_bits. `method_aggregator` wraps the sum in TFF's weighted mean,
 and in TFF's adaptive zeroing and clipping when the method's options ask for
-them; a method whose server rule is not the mean (signSGD's majority vote) gets
-its own aggregation.
+them; a method whose server rule is not the mean (signSGD's majority vote,
+FetchSGD's sketch-space momentum and top-k) gets its own aggregation.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import tensorflow_federated as tff
 from tensorflow_federated.python.core.impl.types import type_conversions
 
 from federated_research.aggregators.decoded_sum import sum_parts
+from federated_research.aggregators.fetchsgd import FetchSgdFactory
 from federated_research.aggregators.majority_vote import MajorityVoteFactory
 from federated_research.compression.codec import decode_fn, encode_fn, restore
 from federated_research.compression.method import Method
@@ -36,8 +37,11 @@ def method_aggregator(method: Method) -> tff.aggregators.WeightedAggregationFact
         _default_zeroing,
     )
 
-    if getattr(method, "server_rule", "mean") == "majority_vote":
+    rule = getattr(method, "server_rule", "mean")
+    if rule == "majority_vote":
         return MajorityVoteFactory(method)
+    if rule == "fetchsgd":
+        return FetchSgdFactory(method)
 
     factory = tff.aggregators.MeanFactory(CodecSumFactory(method))
     if method.clipping:

@@ -11,6 +11,10 @@ codec whose decoder must regenerate the encoder's randomness (a rotation, a
 subset, a projection) sets `needs_seed`; the seed then travels with the message
 (32 bits, counted like everything else). Stochastic rounding noise never needs
 to be known by the receiver and so is never sent.
+
+A method may send the whole update as one vector (FetchSGD's count sketch): its
+`codecs` are then a single codec for the tensors' concatenation, which
+`encode_fn` builds, and `restore` splits the decoded vector back into tensors.
 """
 
 from __future__ import annotations
@@ -102,6 +106,8 @@ def encode_fn(codecs: list[Codec], run_seed: int):
     def encode(value):
         flat = [tf.reshape(tf.cast(v, tf.float32), [-1]) for v in tf.nest.flatten(value)]
         seed = content_seed(flat, run_seed)
+        if len(codecs) == 1 < len(flat):  # one codec for the whole update
+            flat = [tf.concat(flat, 0)]
         message = collections.OrderedDict(tensors=[
             c.encode(x, tensor_seed(seed, run_seed, i)) for i, (c, x) in enumerate(
                 zip(codecs, flat, strict=True))])
@@ -126,5 +132,7 @@ def decode_fn(codecs: list[Codec], run_seed: int):
 def restore(flat: list[tf.Tensor], specs):
     """Flat float32 tensors back into the shapes, dtypes and structure of `specs`."""
     flat_specs = tf.nest.flatten(specs)
+    if len(flat) == 1 < len(flat_specs):  # the whole update as one vector
+        flat = tf.split(flat[0], [s.shape.num_elements() for s in flat_specs])
     return tf.nest.pack_sequence_as(specs, [
         tf.cast(tf.reshape(t, s.shape), s.dtype) for t, s in zip(flat, flat_specs, strict=True)])
