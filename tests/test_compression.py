@@ -126,6 +126,8 @@ CASES = [("quantize", {"bits": 8}, ("quantize", 8)), ("quantize", {"bits": 3}, (
 CASES += [("eden", {"bits": b}, ("eden", b)) for b in (1, 2, 2.5, 8, 0.25)]
 # A method added since: its declared formula (Method.message_bits) is what it is held to.
 CASES += [(name, {}, None) for name in method_options() if name not in {c[0] for c in CASES}]
+# a variable-length code inside the shared options (subsampling): still measured
+CASES += [("qsgd", {"subsample": 0.5}, None), ("stc", {"threshold": 100}, None)]
 
 
 @pytest.mark.parametrize("bits", range(1, 17))

@@ -32,6 +32,7 @@ class SubsampledCodec(Codec):
         self.chunks = math.ceil(self.size / self.chunk)
         self.kept = max(1, round(fraction * self.chunks))
         self.inner = make_inner((self.kept * self.chunk,))
+        self.variable = self.inner.variable  # a variable-length inner code is measured
 
     def _kept_chunks(self, seed: tf.Tensor) -> tf.Tensor:
         keys = tf.random.stateless_uniform([self.chunks], seed=seed)
