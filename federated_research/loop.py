@@ -103,34 +103,28 @@ def pooled_batches(pooled: tf.data.Dataset, data: FederatedData, spec: LoopSpec,
                                       seed=int_seed(spec.seed, Stream.SHUFFLE, round_num))
 
 
-def reported_bits(metrics) -> int:
-    """The bits of variable-length codes the aggregation measured this round (0 if none)."""
-    total = 0
+def _reported(metrics, keys: set[str]):
+    """(key, value) of every entry named in `keys`, wherever the processes nest it."""
     stack = [metrics]
     while stack:
         node = stack.pop()
         if hasattr(node, "items"):
             for key, value in node.items():
-                if key == "measured_bits":
-                    total += int(value)
+                if key in keys:
+                    yield key, value
                 else:
                     stack.append(value)
-    return total
+
+
+def reported_bits(metrics) -> int:
+    """The bits of variable-length codes the aggregation measured this round (0 if none)."""
+    return sum(int(value) for _, value in _reported(metrics, {"measured_bits"}))
 
 
 def reported_errors(metrics) -> dict[str, float]:
     """comm/update_* and comm/broadcast_* errors, wherever the processes report them."""
-    found = {}
-    stack = [metrics]
-    while stack:
-        node = stack.pop()
-        if hasattr(node, "items"):
-            for key, value in node.items():
-                if key in {"update_mse", "update_nmse", "broadcast_mse", "broadcast_nmse"}:
-                    found[f"comm/{key}"] = float(value)
-                else:
-                    stack.append(value)
-    return found
+    return {f"comm/{key}": float(value) for key, value in _reported(
+        metrics, {"update_mse", "update_nmse", "broadcast_mse", "broadcast_nmse"})}
 
 
 # A cross-entropy this many times that of guessing uniformly (ln of the number of
