@@ -19,7 +19,7 @@ from federated_research.data.federated_data import FederatedData
 from federated_research.models import ModelSpec
 from federated_research.resources import rss_metrics
 from federated_research.seeds import Stream, int_seed, rng
-from federated_research.signals import deferred
+from federated_research.signals import deferred, raise_if_signalled
 from federated_research.tracking import Tracker
 
 
@@ -302,6 +302,7 @@ def _train(parts: RunParts, run: RunState, evaluations: Evaluations, tracker: Tr
     process, spec = parts.algorithm.process, parts.spec
     limit = loss_limit(parts.data.num_classes)
     for round_num in range(run.next_round, spec.rounds):
+        raise_if_signalled()  # a signal whose exception Python dropped stops us here
         start = time.perf_counter()
         sampled, round_data = inputs(round_num)
         output, client_metrics = next_round(process, run, round_data, sampled, round_num)

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from federated_research import feedback_gain
 from federated_research.intervals import spread, t_interval
-from federated_research.tracking.mlflow_sink import logging_preserved
+from federated_research.tracking.mlflow_sink import store_call
 from federated_research.tracking.sweep import (
     PARENT_TAG,
     SweepInfo,
@@ -150,7 +150,7 @@ def load_runs(uri: str, experiment: str | None = None, parent: str | None = None
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow import MlflowClient
 
-    with logging_preserved():
+    with store_call():
         client = MlflowClient(tracking_uri=uri)
         if parent and parent != "last":
             try:
@@ -557,7 +557,7 @@ def log_to_parent(uri: str, parent: str, out_dir: Path, table: str) -> None:
     """The report as artifacts of the parent run, and its table as the run's description."""
     from mlflow import MlflowClient
 
-    with logging_preserved():
+    with store_call():
         client = MlflowClient(tracking_uri=uri)
         client.log_artifacts(parent, str(out_dir), "report")
         note = client.get_run(parent).data.tags.get("mlflow.note.content", "")

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 
 from federated_research.errors import ConfigError
 from federated_research.flat import flat_config
-from federated_research.tracking.mlflow_sink import check_reachable, logging_preserved
+from federated_research.tracking.mlflow_sink import check_reachable, store_call
 
 RUN_FILE = "run.json"
 # Keys a resumed run may change: none of them changes the rounds it trains.
@@ -127,7 +127,7 @@ def _folder_of_mlflow_run(run_id: str, uri: str) -> Path:
 
     check_reachable(uri)
     try:
-        with logging_preserved():
+        with store_call():
             run = MlflowClient(uri).get_run(run_id)
     except MlflowException:
         raise ConfigError(f"resume={run_id}", f"no MLflow run with that id in {uri}",

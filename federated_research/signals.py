@@ -1,4 +1,12 @@
-"""Turn SIGTERM into an exception, so cleanup code runs as it does on Ctrl-C."""
+"""Signals as exceptions: SIGTERM unwinds the stack like Ctrl-C, so cleanup code runs.
+
+A handler's exception can be lost. Python runs the handler in the main thread
+wherever it happens to be, and drops what is raised inside a garbage-collector
+callback or a `__del__` ("Exception ignored in ..."; JAX, which TFF imports,
+registers such a callback): the run would go on training as if never asked to
+stop. So every signal is also recorded, and `raise_if_signalled()`, called where
+the loop can stop cleanly (before each round), raises it again.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +14,48 @@ import contextlib
 import os
 import signal
 import threading
+from collections.abc import Callable
 
 
 class Terminated(BaseException):
     """Raised in the main thread on SIGTERM, so `finally` blocks and `with` exits run."""
 
 
-def raise_on_sigterm() -> None:
-    """Make SIGTERM unwind the stack like Ctrl-C does (Python's default just dies)."""
-    def handler(signum, frame):
-        raise Terminated(f"received {signal.Signals(signum).name}")
+_received: list[int] = []  # signals whose exception was raised (and maybe lost)
 
-    signal.signal(signal.SIGTERM, handler)
+
+def _exception(signum: int) -> BaseException:
+    if signum == signal.SIGINT:
+        return KeyboardInterrupt()
+    return Terminated(f"received {signal.Signals(signum).name}")
+
+
+def _handler(signum, frame) -> None:
+    _received.append(signum)
+    raise _exception(signum)
+
+
+def raise_on_sigterm() -> Callable[[], None]:
+    """Make SIGTERM unwind the stack like Ctrl-C does (Python's default just dies), and
+    record both, for `raise_if_signalled`. A SIGINT that is ignored (a background job)
+    stays ignored. Returns what undoes it (for a process that goes on, e.g. a test's)."""
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGTERM, _handler)
+    if previous[signal.SIGINT] is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _handler)
+
+    def undo() -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        _received.clear()
+
+    return undo
+
+
+def raise_if_signalled() -> None:
+    """Raise again a signal whose exception was lost (see the module's docstring)."""
+    if _received:
+        raise _exception(_received[0])
 
 
 @contextlib.contextmanager

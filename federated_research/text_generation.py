@@ -18,7 +18,7 @@ from federated_research.data.shakespeare import BOS, CHAR_VOCAB, decode, encode
 from federated_research.errors import ConfigError
 from federated_research.models import outputs_logits
 from federated_research.models.keras_file import MODEL_FILE, load, rebuild
-from federated_research.tracking.mlflow_sink import check_reachable, logging_preserved
+from federated_research.tracking.mlflow_sink import check_reachable, store_call
 
 
 def load_run_model(run: str, mlflow_uri: str) -> tf.keras.Model:
@@ -31,7 +31,7 @@ def load_run_model(run: str, mlflow_uri: str) -> tf.keras.Model:
 
     check_reachable(mlflow_uri)
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # one small file: no bar
-    with logging_preserved():
+    with store_call():
         client = MlflowClient(tracking_uri=mlflow_uri)
         try:
             client.get_run(run)

@@ -90,9 +90,9 @@ def _first_round_start(store: str, output_dir: Path) -> float:
     for any version of the program, with or without `time/startup_seconds`)."""
     from mlflow import MlflowClient
 
-    from federated_research.tracking.mlflow_sink import logging_preserved
+    from federated_research.tracking.mlflow_sink import store_call
 
-    with logging_preserved():
+    with store_call():
         client = MlflowClient(store)
         run = client.search_runs([e.experiment_id for e in client.search_experiments()],
                                  f"tags.output_dir = '{output_dir}'")[0]

@@ -94,11 +94,11 @@ def _log_to_mlflow(args, paths: list[Path], stats: dict, title: str) -> str:
     from federated_research.tracking.mlflow_sink import (
         check_reachable,
         ensure_experiment,
-        logging_preserved,
+        store_call,
     )
 
     check_reachable(args.mlflow_uri)
-    with logging_preserved():  # no store set-up chatter
+    with store_call():  # no store set-up chatter
         client = MlflowClient(args.mlflow_uri)
         if args.mlflow_run:
             from mlflow.exceptions import MlflowException

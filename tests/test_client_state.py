@@ -331,8 +331,7 @@ def test_a_signal_waits_until_a_round_counts_whole():
 
     from federated_research.signals import Terminated, raise_on_sigterm
 
-    previous = signal.getsignal(signal.SIGTERM)
-    raise_on_sigterm()
+    undo = raise_on_sigterm()
     store = MemoryStore([np.zeros(2, np.float32)], ["a"])
     run = RunState(state="round 0", clients=store)
     store.write(["a"], [[np.ones(2, np.float32)]], round_num=0)
@@ -348,7 +347,7 @@ def test_a_signal_waits_until_a_round_counts_whole():
             run.advance("round 1", {"comm/broadcasted_bits_cumulative": 0,
                                     "comm/aggregated_bits_cumulative": 0}, 1.0)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        undo()
     assert run.state == "round 1" and run.next_round == 1 and store.written == {"a": 0}
 
 

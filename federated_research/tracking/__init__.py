@@ -13,7 +13,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from federated_research.signals import Terminated
+from federated_research.signals import Terminated, deferred
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +32,18 @@ class Tracker:
         self.run_name = run_name
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        for sink in self.sinks:
-            sink.log_metrics(metrics, step)
+        """Every sink gets the round whole: a signal waits until they all have it (a
+        signal inside a sink's write can tear an event file or lock the MLflow store)."""
+        with deferred():
+            for sink in self.sinks:
+                sink.log_metrics(metrics, step)
 
     def log_file(self, path, artifact_path: str) -> None:
         """A file of the run (the trained model) to every sink that stores files."""
-        for sink in self.sinks:
-            if hasattr(sink, "log_file"):
-                sink.log_file(path, artifact_path)
+        with deferred():
+            for sink in self.sinks:
+                if hasattr(sink, "log_file"):
+                    sink.log_file(path, artifact_path)
 
     def close(self, status: str) -> None:
         for sink in self.sinks:

@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from federated_research.errors import ConfigError
+from federated_research.signals import deferred
 from federated_research.tracking.journal import Entry, Logged, unlogged
 
 log = logging.getLogger(__name__)
@@ -71,14 +72,19 @@ def _mlflow_tracks_to(scheme: str) -> bool:
 
 
 @contextlib.contextmanager
-def logging_preserved():
-    """Keep MLflow's SQLite store from taking over the program's logging.
+def store_call():
+    """One conversation with MLflow's store: whole, and quiet.
 
-    Creating or checking a store runs alembic, whose `env.py` calls
+    Whole: SIGINT and SIGTERM wait until it is done (signals.deferred). A signal
+    raised inside SQLAlchemy's commit leaves SQLite's write lock with a connection
+    nobody closes, and every later call of the process, the one that marks the run
+    KILLED included, then waits on "database is locked" forever.
+
+    Quiet: creating or checking a store runs alembic, whose `env.py` calls
     `logging.config.fileConfig`: that replaces the root logger's handlers (Hydra's
     console and the job's log file), sets root to WARN and alembic to INFO, so a new
     store prints a wall of migration lines. Inside this context `fileConfig` does
-    nothing and INFO lines are held back; every MLflow call goes through it (also
+    nothing and INFO lines are held back. Every MLflow call goes through it (also
     as a decorator).
     """
     import logging.config
@@ -93,7 +99,8 @@ def logging_preserved():
     file_config = logging.config.fileConfig
     logging.config.fileConfig = lambda *args, **kwargs: None
     try:
-        yield
+        with deferred():
+            yield
     finally:
         logging.config.fileConfig = file_config
         logging.disable(disabled)
@@ -110,7 +117,7 @@ def _artifact_location(uri: str) -> str | None:
     return (db.parent / "mlartifacts").resolve().as_uri()
 
 
-@logging_preserved()
+@store_call()
 def ensure_experiment(client, name: str, uri: str) -> str:
     """The id of experiment `name`, created (artifacts beside a SQLite store) if missing."""
     found = client.get_experiment_by_name(name)
@@ -164,7 +171,7 @@ class MlflowSink:
     run's journal (tracking/journal.py).
     """
 
-    @logging_preserved()
+    @store_call()
     def __init__(self, uri: str, run: MlflowRun, delivery: Delivery | None = None) -> None:
         from mlflow import MlflowClient
         from mlflow.entities import Param, RunTag
@@ -240,7 +247,7 @@ class MlflowSink:
         self._queue(metrics, step, timestamp=None)
         self._deliver()
 
-    @logging_preserved()
+    @store_call()
     def _deliver(self, force: bool = False) -> bool:
         """Send the queue in order, metrics then files; False (and a retry later) when
         the store does not answer."""
@@ -317,7 +324,7 @@ class MlflowSink:
                 time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
         finally:  # the run ends in the store whatever happened to its queue
             try:
-                with logging_preserved():
+                with store_call():
                     self.client.set_terminated(self.run_id, status)
                 ended = True
             except Exception as err:  # noqa: BLE001

@@ -28,7 +28,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from federated_research.flat import flatten
-from federated_research.tracking.mlflow_sink import ensure_experiment, logging_preserved
+from federated_research.tracking.mlflow_sink import ensure_experiment, store_call
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ def start_sweep(config: DictConfig) -> SweepInfo:
             "mlflow.note.content": (f"Sweep over {', '.join(swept) or 'one configuration'}; "
                                     f"jobs in `{folder}`. The report (table and plots) is in "
                                     "this run's artifacts when the sweep ends.")}
-    with logging_preserved():
+    with store_call():
         client = MlflowClient(tracking_uri=uri)
         experiment_id = ensure_experiment(client, config.tracking.experiment, uri)
         run = client.create_run(experiment_id, run_name=f"{preset}-{time.strftime('%H-%M-%S')}",
@@ -193,7 +193,7 @@ def start_sweep(config: DictConfig) -> SweepInfo:
         shutil.rmtree(folder / FAILED_DIR, ignore_errors=True)  # an earlier sweep's, same dir
         info.write(folder)
     except OSError:
-        with logging_preserved():
+        with store_call():
             client.set_terminated(run.info.run_id, "FAILED")  # never left RUNNING
         raise
     _open = info
@@ -232,7 +232,7 @@ def end_sweep(info: SweepInfo | None = None, aborted: str | None = None,
     from mlflow.entities import Metric
 
     _open = None
-    with logging_preserved():
+    with store_call():
         client = MlflowClient(tracking_uri=info.uri)
         runs = children(client, info)
         failed = [r for r in runs if r.info.status != "FINISHED"]
@@ -251,6 +251,6 @@ def end_sweep(info: SweepInfo | None = None, aborted: str | None = None,
         except Exception as exc:  # noqa: BLE001 - the runs are safe; the report can be redone
             log.warning("could not write the sweep report (%s); run scripts/compare_runs.py "
                         "--parent %s", exc, info.parent_run_id)
-    with logging_preserved():
+    with store_call():
         client.set_terminated(info.parent_run_id, status)
     return status
