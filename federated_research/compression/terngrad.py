@@ -41,7 +41,10 @@ class TernGradCodec(Codec):
     def decode(self, message, seed):
         del seed  # the sender's randomness alone
         trits = unpack(message["trits"], 2, self.size)
-        sign = tf.cast(tf.where(trits == 2, -1, tf.where(trits == 1, 1, 0)), tf.float32)
+        # tf.equal, not ==: in the graphs TFF traces (not tf.functions) a Tensor's == is
+        # Python identity, always False: every trit decoded as 0
+        sign = tf.cast(tf.where(tf.equal(trits, 2), -1, tf.where(tf.equal(trits, 1), 1, 0)),
+                       tf.float32)
         return sign * message["scale"][0]
 
     def bits(self) -> int:
