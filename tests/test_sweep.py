@@ -317,15 +317,16 @@ def test_the_arms_sweeper_runs_each_arm_with_each_grid_point():
 @pytest.mark.slow
 def test_a_feedback_sweep_runs_on_a_local_ray_and_reports_its_gain(tmp_path, mlflow_uri,
                                                                    run_cli):
-    """Hydra's Ray launcher for real (a Ray started on this machine, two jobs at once),
-    driven by the arms sweeper through the real command line; the report's feedback
-    table from what the two jobs logged. (Kept apart from the seeded sweep, and small:
-    under the suite's load Ray's own processes make each of its jobs several times
-    slower.)"""
+    """Hydra's Ray launcher for real (a Ray started on this machine), driven by the arms
+    sweeper through the real command line; the report's feedback table from what the
+    two jobs logged. (Kept apart from the seeded sweep, and small: under the suite's
+    load Ray's own processes make each of its jobs several times slower.)"""
     arms = "['aggregator=topk aggregator.error_feedback=none'," \
            "'aggregator=topk aggregator.error_feedback=ef14']"
-    done = run_cli("hydra/launcher=ray_cluster", "hydra/sweeper=arms",
-                   f"hydra.sweeper.arms={arms}", "model=linear", "rounds=2",
+    # One Ray CPU: one Ray worker pays the TF imports and runs both jobs (two workers
+    # importing at once on a busy machine took minutes)
+    done = run_cli("hydra/launcher=ray_cluster", "+hydra.launcher.ray.init.num_cpus=1",
+                   "hydra/sweeper=arms", f"hydra.sweeper.arms={arms}", "model=linear", "rounds=2",
                    "clients_per_round=2", "dataset.num_clients=4", "checkpoint_every=0",
                    "hydra.sweep.dir=sweep", multirun=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
