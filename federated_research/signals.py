@@ -4,8 +4,9 @@ A handler's exception can be lost. Python runs the handler in the main thread
 wherever it happens to be, and drops what is raised inside a garbage-collector
 callback or a `__del__` ("Exception ignored in ..."; JAX, which TFF imports,
 registers such a callback): the run would go on training as if never asked to
-stop. So every signal is also recorded, and `raise_if_signalled()`, called where
-the loop can stop cleanly (before each round), raises it again.
+stop. So SIGTERM is also recorded, and `raise_if_signalled()`, called where the
+loop can stop cleanly (before each round), raises it again. (Ctrl-C keeps Python's
+own handler: a lost KeyboardInterrupt is rare, and a second Ctrl-C stops the run.)
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ _received: list[int] = []  # signals whose exception was raised (and maybe lost)
 
 
 def _exception(signum: int) -> BaseException:
-    if signum == signal.SIGINT:
-        return KeyboardInterrupt()
     return Terminated(f"received {signal.Signals(signum).name}")
 
 
@@ -37,16 +36,12 @@ def _handler(signum, frame) -> None:
 
 def raise_on_sigterm() -> Callable[[], None]:
     """Make SIGTERM unwind the stack like Ctrl-C does (Python's default just dies), and
-    record both, for `raise_if_signalled`. A SIGINT that is ignored (a background job)
-    stays ignored. Returns what undoes it (for a process that goes on, e.g. a test's)."""
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    signal.signal(signal.SIGTERM, _handler)
-    if previous[signal.SIGINT] is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _handler)
+    record it, for `raise_if_signalled`. (Ctrl-C keeps Python's own handler.) Returns
+    what undoes it (for a process that goes on, e.g. a test's)."""
+    previous = signal.signal(signal.SIGTERM, _handler)
 
     def undo() -> None:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        signal.signal(signal.SIGTERM, previous)
         _received.clear()
 
     return undo
