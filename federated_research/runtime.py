@@ -118,29 +118,8 @@ class WorkerService:
                 process.kill()
                 process.wait()
         if self._channel is not None:
-            _stop_polling(self._channel)
             self._channel.close()
         self._channel = self._stub = None
-
-
-def _stop_polling(channel: grpc.Channel, timeout: float = 2.0) -> None:
-    """End gRPC's connectivity-polling thread before the channel closes.
-
-    TFF's stub subscribes to the channel's state, so a gRPC thread watches it in
-    0.2 s steps. Closing the channel under that thread makes it raise "Cannot monitor
-    channel state: Channel closed!" (a traceback after our last line) or crash the
-    exiting interpreter (SIGSEGV; both seen in CI on Ctrl-C). Without subscribers the
-    thread ends by itself at its next step."""
-    state = getattr(channel, "_connectivity_state", None)  # grpc's own: gone, nothing to do
-    if state is None:
-        return
-    with state.lock:
-        callbacks = [callback for callback, _ in state.callbacks_and_connectivities]
-    for callback in callbacks:
-        channel.unsubscribe(callback)
-    deadline = time.monotonic() + timeout
-    while state.polling and time.monotonic() < deadline:
-        time.sleep(0.02)
 
 
 def _executor_factory(
