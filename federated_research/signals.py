@@ -22,16 +22,12 @@ class Terminated(BaseException):
     """Raised in the main thread on SIGTERM, so `finally` blocks and `with` exits run."""
 
 
-_received: list[int] = []  # signals whose exception was raised (and maybe lost)
-
-
-def _exception(signum: int) -> BaseException:
-    return Terminated(f"received {signal.Signals(signum).name}")
+_received: list[int] = []  # SIGTERMs whose exception was raised (and maybe lost)
 
 
 def _handler(signum, frame) -> None:
     _received.append(signum)
-    raise _exception(signum)
+    raise Terminated("received SIGTERM")
 
 
 def raise_on_sigterm() -> Callable[[], None]:
@@ -50,7 +46,7 @@ def raise_on_sigterm() -> Callable[[], None]:
 def raise_if_signalled() -> None:
     """Raise again a signal whose exception was lost (see the module's docstring)."""
     if _received:
-        raise _exception(_received[0])
+        raise Terminated("received SIGTERM")
 
 
 @contextlib.contextmanager
