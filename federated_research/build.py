@@ -33,12 +33,15 @@ def build_run_parts(cfg: DictConfig) -> RunParts:
                               cfg.client.update_clip_norm)
     if cfg.log_update_error:
         aggregator = with_update_error(aggregator)
+    distributor = build_distributor(cfg.distributor)
+    if hasattr(distributor, "bind"):  # federated dropout cuts the uplink to its sub-model too
+        distributor, aggregator = distributor.bind(model, aggregator)
     builder = hydra.utils.instantiate(cfg.algorithm, _partial_=True)
     if "participation" in inspect.signature(builder.func).parameters:
         builder = functools.partial(builder, participation=participation)
     algorithm = builder(
         model=model, aggregator=aggregator,
-        distributor=build_distributor(cfg.distributor),
+        distributor=distributor,
         client_optimizer=clip_gradients(hydra.utils.instantiate(cfg.client_optimizer),
                                         cfg.client.gradient_clip_norm),
         server_optimizer=hydra.utils.instantiate(cfg.server_optimizer))

@@ -100,6 +100,23 @@ class TargetConfig(Options):
     _target_: str = MISSING
 
 
+@schema("distributor", "federated_dropout")
+@dataclass
+class FederatedDropoutConfig(Options):
+    """`distributor=federated_dropout`: the fraction of hidden units a round drops, and the
+    codec (another distributor, composed from the group) that sends the sub-model."""
+
+    _target_: str = "federated_research.distributors.federated_dropout.FederatedDropout"
+    rate: float = 0.25
+    seed: int = 0
+    codec: Any = None
+
+    def check(self) -> None:
+        require(0 < self.rate < 1, "rate", self.rate,
+                "must be between 0 and 1 (the fraction of each hidden layer's units dropped)",
+                0.25)
+
+
 @schema("model", "char_rnn")
 @dataclass
 class CharRnnConfig(TargetConfig):
@@ -398,6 +415,22 @@ class _Untyped(Options):
     """An option composed without a schema (a user's own YAML): its keys pass as they are."""
 
 
+def _validate_codec(node: object) -> None:
+    """Federated dropout's codec: a distributor option, composed as one, checked as one."""
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        raise ConfigError(f"distributor.codec={node}", "the codec that sends the sub-model is "
+                          "an option of the distributor group",
+                          f"pass distributor@distributor.codec={node or 'quantize'}")
+    cls = options_class(node)
+    if cls is FederatedDropoutConfig:
+        raise ConfigError("distributor.codec=federated_dropout", "a sub-model of a sub-model "
+                          "is one sub-model with a higher rate", "raise distributor.rate")
+    if cls is not _Untyped:
+        built = build_options(cls, node, "distributor.codec")
+        if hasattr(built, "make_codec"):
+            check_downlink(built)
+
+
 def validate(cfg: DictConfig) -> None:
     """Check every node of a composed config by its own dataclass, then the cross-node rules."""
     for node in ("client_optimizer", "server_optimizer"):
@@ -417,8 +450,15 @@ def validate(cfg: DictConfig) -> None:
         built = build_options(cls, cfg[key], key)
         if key == "distributor" and hasattr(built, "make_codec"):
             check_downlink(built)
-    if str(cfg.algorithm.get("_target_", "")).endswith(".build_scaffold") and (
-            cfg.client.update_clip_norm is not None):
+        if isinstance(built, FederatedDropoutConfig):
+            _validate_codec(cfg.distributor.codec)
+    scaffold = str(cfg.algorithm.get("_target_", "")).endswith(".build_scaffold")
+    if scaffold and options_class(cfg.distributor) is FederatedDropoutConfig:
+        raise ConfigError("distributor=federated_dropout", "SCAFFOLD's control variates are "
+                          "full-model and every client's is updated each round it is sampled, "
+                          "which a sub-model round cannot do", "use distributor=plain with "
+                          "algorithm=scaffold, or algorithm=fedavg")
+    if scaffold and cfg.client.update_clip_norm is not None:
         raise ConfigError(f"client.update_clip_norm={cfg.client.update_clip_norm}",
                           "SCAFFOLD sends its control change through the same aggregator, "
                           "and an update's norm is no bound for it",

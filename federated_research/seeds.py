@@ -18,6 +18,7 @@ class Stream(IntEnum):
     INIT = 3
     SHUFFLE = 4
     FED_EVAL = 5
+    DROPOUT = 6  # federated dropout's sub-models
 
 
 def rng(seed: int, stream: Stream, *keys: int) -> np.random.Generator:

@@ -111,10 +111,21 @@ def test_every_aggregator_builds_a_learning_process(aggregator, algorithm):
 
 @pytest.mark.parametrize("distributor", options("distributor"))
 def test_every_distributor_builds_a_learning_process(distributor):
-    built = _linear_process([f"distributor={distributor}"])
+    if distributor == "federated_dropout":  # it needs hidden units; it is bound to the model
+        cfg = compose_config(["distributor=federated_dropout", "model=mlp",
+                              "model.hidden_units=[8]"])
+        model = build_model(cfg.model, (28, 28, 1), 10)
+        bound, aggregator = build_distributor(cfg.distributor).bind(
+            model, build_aggregator(cfg.aggregator))
+        built = hydra.utils.instantiate(cfg.algorithm, _partial_=True)(
+            model=model, aggregator=aggregator, distributor=bound,
+            client_optimizer=hydra.utils.instantiate(cfg.client_optimizer),
+            server_optimizer=hydra.utils.instantiate(cfg.server_optimizer))
+        shapes = [(784, 8), (8,), (8, 10), (10,)]
+    else:
+        built, shapes = _linear_process([f"distributor={distributor}"]), [(784, 10), (10,)]
     state = built.process.initialize()
-    assert [w.shape for w in built.process.get_model_weights(state).trainable] == [
-        (784, 10), (10,)]
+    assert [w.shape for w in built.process.get_model_weights(state).trainable] == shapes
 
 
 @pytest.mark.parametrize("aggregator", options("aggregator"))

@@ -2,7 +2,9 @@
 
 `plain` broadcasts the float32 model (TFF's `build_broadcast_process`); any
 compression Method (quantize, rotated_quantize, ...) broadcasts an encoded model
-that clients decode and train on (compressed.py). Independent of the uplink.
+that clients decode and train on (compressed.py). Independent of the uplink, except
+`federated_dropout` (federated_dropout.py), whose `bind` cuts the uplink to the
+round's sub-model too; its `codec` is another distributor, which sends the sub-model.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ class Distributor(Protocol):
 
 
 def build_distributor(cfg: DictConfig) -> Distributor:
+    """The distributor of a config node; `codec` (federated dropout's) is one in turn."""
+    if "codec" in cfg:
+        options = {key: cfg[key] for key in cfg if key not in ("_target_", "codec")}
+        return hydra.utils.get_class(cfg._target_)(**options, codec=build_distributor(cfg.codec))
     if not is_method(hydra.utils.get_object(cfg._target_)):
         return hydra.utils.instantiate(cfg)
     method = build_method(cfg, "distributor")
