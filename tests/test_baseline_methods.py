@@ -214,8 +214,8 @@ def test_terngrad_variance_is_scale_times_magnitude_minus_square():
 
 def test_signsgd_votes_one_client_one_vote_and_sends_no_weight():
     value_type = tff.types.to_type([(np.float32, (5,))])
-    process = method_aggregator(_method("signsgd")).create(value_type,
-                                                           tff.TensorType(np.float32))
+    process = method_aggregator(_method("signsgd", step=1.0)).create(
+        value_type, tff.TensorType(np.float32))
     clients = [[np.array([1, 1, -1, -1, 1], np.float32)],
                [np.array([2, -1, -1, 3, -1], np.float32)],
                [np.array([-5, -1, 1, 2, 0], np.float32)],
@@ -224,6 +224,10 @@ def test_signsgd_votes_one_client_one_vote_and_sends_no_weight():
     output = process.next(process.initialize(), clients, [1.0, 1.0, 100.0, 1.0])
     np.testing.assert_array_equal(output.result[0], [1, 0, -1, 1, 0])  # ties give 0
     assert comm_cost(process.next).up == 32  # 5 signs in one word, no weight
+    stepped = method_aggregator(_method("signsgd", step=0.25)).create(
+        value_type, tff.TensorType(np.float32))
+    output = stepped.next(stepped.initialize(), clients, [1.0, 1.0, 100.0, 1.0])
+    np.testing.assert_array_equal(output.result[0], [0.25, 0, -0.25, 0.25, 0])
 
 
 @pytest.mark.parametrize("key", ["error_feedback=ef14", "zeroing=true", "clipping=true"])

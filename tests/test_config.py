@@ -76,11 +76,20 @@ def test_optuna_search_preset_searches_both_learning_rates():
     assert cfg.aggregator._target_.endswith("Drive")  # the chosen aggregator is kept
 
 
-def test_compression_vs_baseline_sweeps_every_aggregator_over_three_seeds():
-    cfg = compose_config(["experiment=compression_vs_baseline"], hydra_config=True)
-    params = cfg.hydra.sweeper.params
-    assert sorted(params.aggregator.split(",")) == options("aggregator")
-    assert params.seed.split(",") == ["0", "1", "2"]
+@pytest.mark.parametrize("preset", ["compression_vs_baseline", "compression_vs_baseline_emnist"])
+def test_compression_vs_baseline_sweeps_every_aggregator_over_three_seeds(preset):
+    """Its arms name budgets for some methods; `aggregator=*` adds every other option,
+    a method added later included."""
+    from hydra_plugins.federated_research_arms.arms_sweeper import ArmsSweeper
+
+    cfg = compose_config([f"experiment={preset}"], hydra_config=True)
+    sweeper = ArmsSweeper(params=dict(cfg.hydra.sweeper.params),
+                          arms=list(cfg.hydra.sweeper.arms))
+    picked = {o.split("=", 1)[1] for arm in sweeper.arms for o in arm
+              if o.startswith("aggregator=")}
+    assert sorted(picked) == options("aggregator")
+    assert cfg.hydra.sweeper.params.seed.split(",") == ["0", "1", "2"]
+    assert sum(o == "aggregator=mean" for arm in sweeper.arms for o in arm) == 1
 
 
 @pytest.mark.parametrize(("override", "key"), [

@@ -2,7 +2,7 @@
 
     clients:  federated_map(encode)            the signs, one bit a coordinate
     wire:     federated_aggregate(messages)    no weight: the vote is one a client
-    server:   sign(sum of decoded signs)       ties (an even split) give 0
+    server:   step * sign(sum of decoded signs)   ties (an even split) give 0
 
 A `WeightedAggregationFactory` so that every algorithm takes it, but the weight
 never leaves the client: a vote weighted by example counts would be a different
@@ -30,10 +30,11 @@ class MajorityVoteFactory(tff.aggregators.WeightedAggregationFactory):
     def create(self, value_type, weight_type) -> tff.templates.AggregationProcess:
         specs = type_conversions.type_to_tf_tensor_specs(value_type)
         codecs = self.method.codecs([tuple(s.shape) for s in tf.nest.flatten(specs)])
+        step = getattr(self.method, "step", 1.0)
         encode = tff.tensorflow.computation(value_type)(encode_fn(codecs, self.method.seed))
         parts = sum_parts(codecs, decode_fn(codecs, self.method.seed),
                           encode.type_signature.result,
-                          lambda sums: restore([tf.sign(s) for s in sums], specs))
+                          lambda sums: restore([step * tf.sign(s) for s in sums], specs))
         init_fn = tff.federated_computation(lambda: tff.federated_value((), tff.SERVER))
 
         @tff.federated_computation(init_fn.type_signature.result,

@@ -3,10 +3,12 @@
 "signSGD with Majority Vote is Communication Efficient and Fault Tolerant": each
 client sends only the sign of each coordinate of its update, one bit, no scale;
 the server takes the majority vote, sign(sum of the clients' signs), one vote a
-client whatever its number of examples (ties give 0), and the server optimizer
-steps with it, so the step's size is the server learning rate's alone: with
-`optimizer` SGD at learning rate eta every coordinate moves by eta (a rate near
-the clients' typical per-coordinate change, e.g. 1e-3, not FedAvg's 1.0).
+client whatever its number of examples (ties give 0). The aggregate is `step` times
+the vote, and the server optimizer steps with it: with FedAvg's server SGD at 1.0
+every coordinate moves by `step` (the paper's eta, in the model's units; near the
+clients' typical per-coordinate change, e.g. 1e-3). `step` is the method's, not the
+server learning rate, so that a sweep compares it with `mean` at the same server
+optimizer (step=1 with a server learning rate of eta is the same run).
 
     bits = 32 * ceil(d / 32)      (no weight is sent: the vote is one a client)
 
@@ -43,9 +45,13 @@ class SignOnlyCodec(Codec):
 @dataclass
 class SignSgd(Method):
     server_rule: ClassVar[str] = "majority_vote"
+    step: float = 1.0  # each coordinate's move: step * sign(sum of the clients' signs)
 
     def check(self) -> None:
         super().check()
+        if not self.step > 0:
+            raise ConfigError(f"step={self.step}", "is how far the vote moves each "
+                              "coordinate: more than 0", "pass e.g. step=0.001")
         for key, value in (("error_feedback", self.error_feedback != "none"),
                            ("zeroing", self.zeroing), ("clipping", self.clipping)):
             if value:

@@ -5,7 +5,9 @@ not to the uncompressed `mean` it is compared with, and top-k is tried at two
 fractions. An arm is one configuration, written as overrides in one string
 ("aggregator=topk aggregator.fraction=0.01"); every arm is run with every point of
 the usual grid (`hydra.sweeper.params` and the command line's `a=x,y`, e.g. seeds).
-Jobs, launchers, the parent MLflow run and the report are those of any multirun.
+An arm `group=*` stands for every option of the group that no other arm picks, each at
+its own defaults: a preset that names its budgets for some methods still sweeps a
+method added later. Jobs, launchers, the parent MLflow run and the report are those of any multirun.
 """
 
 from __future__ import annotations
@@ -18,11 +20,33 @@ def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+def expand(arms: list[list[str]]) -> list[list[str]]:
+    """Each `group=*` arm as one arm per option of the group that no other arm picks."""
+    from federated_research.config import all_options
+
+    picked: dict[str, set[str]] = {}
+    for arm in arms:
+        for override in arm:
+            key, _, value = override.partition("=")
+            picked.setdefault(key, set()).add(value)
+    expanded = []
+    for arm in arms:
+        wild = [o for o in arm if o.endswith("=*")]
+        rest = [o for o in arm if o not in wild]
+        if not wild:
+            expanded.append(arm)
+            continue
+        group = _key(wild[0])
+        expanded += [[f"{group}={name}", *rest] for name in all_options(group).split(",")
+                     if name not in picked[group]]
+    return expanded
+
+
 class ArmsSweeper(BasicSweeper):
     def __init__(self, max_batch_size: int | None = None, params: dict | None = None,
                  arms: list[str] | None = None) -> None:
         super().__init__(max_batch_size, params)
-        self.arms = [str(arm).split() for arm in arms or []]
+        self.arms = expand([str(arm).split() for arm in arms or []])
 
     def split_arguments(self, overrides, max_batch_size):  # the basic sweeper calls this
         # The sweeper's params come first, the command line after: a key given on the
