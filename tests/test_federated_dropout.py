@@ -61,24 +61,34 @@ def _weights(seed: int) -> list[np.ndarray]:
             for w in model.trainable_weights]
 
 
-def _sgd_step(model: tf.keras.Model, weights, batch) -> list[np.ndarray]:
+def _sgd_step(model: tf.keras.Model, weights, batch, optimizer=None,
+              steps: int = 1) -> list[np.ndarray]:
     model.set_weights(weights)
-    with tf.GradientTape() as tape:
-        loss = tf.keras.losses.SparseCategoricalCrossentropy()(batch[1], model(batch[0]))
-    grads = tape.gradient(loss, model.trainable_weights)
-    return [w - LR * g.numpy() for w, g in zip(weights, grads, strict=True)]
+    optimizer = optimizer or tf.keras.optimizers.SGD(LR)
+    for _ in range(steps):
+        with tf.GradientTape() as tape:
+            loss = tf.keras.losses.SparseCategoricalCrossentropy()(batch[1], model(batch[0]))
+        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_weights),
+                                      model.trainable_weights, strict=True))
+    return [w.numpy() for w in model.trainable_weights]
 
 
-def _sub_model(plan) -> tf.keras.Model:
-    return _cnn(filters=plan.kept[:2], units=plan.kept[2])
+def _sub_model(plan, activation="relu") -> tf.keras.Model:
+    return _cnn(filters=plan.kept[:2], units=plan.kept[2], activation=activation)
 
 
-@pytest.mark.parametrize("round_num", [0, 7])
-def test_the_full_model_with_zeros_trains_exactly_as_the_sub_model(round_num):
+@pytest.mark.parametrize(("round_num", "activation", "optimizer"), [
+    (0, "relu", "sgd"), (7, "relu", "sgd"), (3, "tanh", "adam")])
+def test_the_full_model_with_zeros_trains_exactly_as_the_sub_model(round_num, activation,
+                                                                    optimizer):
     """Cut, train the small Keras model by hand; put back, train the full one: the same
     numbers on the kept weights and zeros elsewhere (a wrong row order after Flatten, a
-    missed bias or a unit kept on one side only would all break it)."""
-    plan = plan_sub_models(_cnn(), RATE, seed=11)
+    missed bias or a unit kept on one side only would all break it). tanh has slope 1 at
+    0, so only the zero weights out of a dropped unit keep its weights in at zero; Adam
+    takes three steps from its own state."""
+    make = {"sgd": lambda: tf.keras.optimizers.SGD(LR),
+            "adam": lambda: tf.keras.optimizers.Adam(0.01)}[optimizer]
+    plan = plan_sub_models(_cnn(activation=activation), RATE, seed=11)
     assert plan.units == (4, 8, 12) and plan.kept == (3, 6, 9)
     weights, batch = _weights(1), _batch(2)
     sub = [t.numpy() for t in plan.gather([tf.constant(w) for w in weights], round_num)]
@@ -86,8 +96,8 @@ def test_the_full_model_with_zeros_trains_exactly_as_the_sub_model(round_num):
     padded = [t.numpy() for t in plan.scatter([tf.constant(s) for s in sub], round_num)]
     assert sum(np.count_nonzero(p) for p in padded) == sum(s.size for s in sub)
 
-    trained_sub = _sgd_step(_sub_model(plan), sub, batch)
-    trained_full = _sgd_step(_cnn(), padded, batch)
+    trained_sub = _sgd_step(_sub_model(plan, activation), sub, batch, make(), steps=3)
+    trained_full = _sgd_step(_cnn(activation=activation), padded, batch, make(), steps=3)
     back = plan.gather([tf.constant(w) for w in trained_full], round_num)
     for got, want in zip(back, trained_sub, strict=True):
         np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
@@ -187,13 +197,31 @@ def test_a_quantising_codec_sends_the_sub_model():
     assert 0 < error < 0.01 * sum(float(tf.reduce_sum(e ** 2)) for e in exact)  # 6 bits
 
 
-def test_refuses_a_model_whose_dropped_units_would_still_send():
-    with pytest.raises(ConfigError, match="activation is not 0 at 0"):
-        plan_sub_models(_cnn(activation="sigmoid"), RATE, 0)
-    with pytest.raises(ConfigError, match="no units to drop"):
-        plan_sub_models(tf.keras.Sequential([
-            tf.keras.layers.Embedding(10, 4, input_length=3), tf.keras.layers.GRU(5),
-            tf.keras.layers.Dense(CLASSES)]), RATE, 0)
+def _functional() -> tf.keras.Model:
+    inputs = tf.keras.Input((4,))
+    hidden = tf.keras.layers.Dense(6, activation="relu")(inputs)
+    return tf.keras.Model(inputs, [tf.keras.layers.Dense(3)(hidden),
+                                   tf.keras.layers.Dense(2)(hidden)])
+
+
+@pytest.mark.parametrize(("model", "says"), [
+    (lambda: _cnn(activation="sigmoid"), "activation is not 0 at 0"),
+    (lambda: tf.keras.Sequential([
+        tf.keras.layers.Embedding(10, 4, input_length=3), tf.keras.layers.GRU(5),
+        tf.keras.layers.Dense(CLASSES)]), "no units to drop"),
+    (lambda: tf.keras.Sequential([
+        tf.keras.layers.InputLayer(input_shape=INPUT),
+        tf.keras.layers.Conv2DTranspose(4, 3, activation="relu"), tf.keras.layers.Flatten(),
+        tf.keras.layers.Dense(CLASSES)]), "no units to drop"),
+    (lambda: tf.keras.Sequential([
+        tf.keras.layers.InputLayer(input_shape=(8, 8, 4)),
+        tf.keras.layers.Conv2D(4, 3, groups=2, activation="relu"), tf.keras.layers.Flatten(),
+        tf.keras.layers.Dense(CLASSES)]), "no units to drop"),
+    (_functional, "only a Sequential chain"),
+])
+def test_refuses_a_model_it_would_cut_wrong(model, says):
+    with pytest.raises(ConfigError, match=says):
+        plan_sub_models(model(), RATE, 0)
 
 
 TINY = ["dataset.num_clients=8", "clients_per_round=3", "rounds=2"]
@@ -203,6 +231,10 @@ TINY = ["dataset.num_clients=8", "clients_per_round=3", "rounds=2"]
     (["model=linear"], "distributor=federated_dropout: the model has no hidden layer"),
     (["model=mlp", "aggregator=topk", "aggregator.error_feedback=ef14"],
      "distributor=federated_dropout: with aggregator.error_feedback=ef14 each client keeps"),
+    (["model=mlp", "aggregator=fetchsgd"],
+     "distributor=federated_dropout: FetchSGD keeps momentum and error sketches"),
+    (["model=mlp", "aggregator=powersgd", "aggregator.error_feedback=false"],
+     "distributor=federated_dropout: PowerSGD's warm start reuses last round's Q"),
     (["model=mlp", "algorithm=scaffold"],
      "distributor=federated_dropout: SCAFFOLD's control variates are full-model"),
     (["model=mlp", "distributor.rate=1.0"], "distributor.rate=1.0: must be between 0 and 1"),

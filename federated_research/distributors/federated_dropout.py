@@ -16,8 +16,11 @@ activation, where the plan is made) and every weight that touches it gets a zero
 gradient and stays zero, under SGD, momentum, Adam and FedProx's proximal term alike.
 The client's update is then zero outside the sub-model, so the uplink (the run's
 aggregator inside `SubModelUplink`) sends the sub-model's coordinates only and the
-server puts them back in place: the weights of dropped units are not updated that
-round. tests/test_federated_dropout.py checks both against a Keras sub-model.
+server puts them back in place: the update of a dropped unit's weights is zero that
+round (a server optimizer with momentum, e.g. Adam, still moves them by its momentum).
+tests/test_federated_dropout.py checks both against a Keras sub-model. comm/update_mse
+averages over the full model, so it reads (sub-model size / model size) of the
+sub-model's own error; comm/update_nmse is a ratio and is not diluted.
 
 Bits, read off the computations as for every distributor (comm_bits.py):
     down = codec's bits for the sub-model + 32 (the round's number)
@@ -147,7 +150,8 @@ def _keeps_zero(activation, name: str) -> None:
 def _check_layer(layer: tf.keras.layers.Layer, after_hidden: bool) -> None:
     """A layer the plan can cut (Dense, convolution) or pass (pooling, Flatten, ...)."""
     channels_last = getattr(layer, "data_format", "channels_last") == "channels_last"
-    if layer.weights and not (isinstance(layer, WEIGHTED) and channels_last):
+    grouped = getattr(layer, "groups", 1) != 1
+    if layer.weights and not (type(layer) in WEIGHTED and channels_last and not grouped):
         raise _refuse(f"layer {layer.name} ({type(layer).__name__}) has no units to drop "
                       "(only Dense and convolution layers do)",
                       "use model=cnn or model=mlp, or distributor=plain")
@@ -161,6 +165,9 @@ def _check_layer(layer: tf.keras.layers.Layer, after_hidden: bool) -> None:
 def plan_sub_models(keras_model: tf.keras.Model, rate: float, seed: int) -> SubModelPlan:
     """The plan for a chain of Dense and convolution layers (model=cnn, mlp): every
     layer but the last loses `rate` of its units. Anything else is refused in one line."""
+    if not isinstance(keras_model, tf.keras.Sequential):
+        raise _refuse("only a Sequential chain of layers can be cut (a functional model may "
+                      "branch or share a layer)", "use model=cnn or model=mlp")
     if keras_model.non_trainable_weights:
         raise _refuse("the model has non-trainable weights (e.g. batch normalisation), which "
                       "a sub-model cannot cut", "use model=cnn or model=mlp")
@@ -175,8 +182,12 @@ def plan_sub_models(keras_model: tf.keras.Model, rate: float, seed: int) -> SubM
             continue
         kernel = layer.kernel
         if units:  # its inputs are the last hidden layer's units (at each position)
-            cuts[id(kernel)].append(Cut(kernel.shape.rank - 2, len(units) - 1,
-                                        kernel.shape[-2] // units[-1]))
+            positions, rest = divmod(int(kernel.shape[-2]), units[-1])
+            if rest or not positions:
+                raise _refuse(f"layer {layer.name}'s {kernel.shape[-2]} inputs are not the "
+                              f"{units[-1]} units before it at each position",
+                              "use model=cnn or model=mlp")
+            cuts[id(kernel)].append(Cut(kernel.shape.rank - 2, len(units) - 1, positions))
         if last and layer is last[0]:
             break
         _keeps_zero(layer.activation, layer.name)
@@ -211,11 +222,38 @@ class FederatedDropout:
                           "keeps a full-model residual, and a round's sub-model updates "
                           "only part of it", "drop aggregator.error_feedback, or use "
                           "distributor=plain")
+        _refuse_coordinate_state(aggregator)
         if not isinstance(aggregator, tff.aggregators.WeightedAggregationFactory):
             raise _refuse(f"the aggregator {type(aggregator).__name__} is not a weighted "
                           "aggregation", "use aggregator=mean or a compression method")
         plan = plan_sub_models(model.keras_fn(), self.rate, int_seed(self.seed, Stream.DROPOUT))
         return SubModelBroadcast(plan, self.codec), _cut_uplink(aggregator, plan)
+
+
+def _factories(factory):
+    """The factory and every factory inside it (clipping, the update-error diagnostic)."""
+    yield factory
+    for value in getattr(factory, "__dict__", {}).values():
+        if isinstance(value, (tff.aggregators.WeightedAggregationFactory,
+                              tff.aggregators.UnweightedAggregationFactory)):
+            yield from _factories(value)
+
+
+def _refuse_coordinate_state(aggregator) -> None:
+    """A server state indexed by coordinate (FetchSGD's sketches, PowerSGD's warm-started
+    Q) would meet other units each round: a sub-model's coordinate i is another weight."""
+    from federated_research.aggregators.fetchsgd import FetchSgdFactory
+    from federated_research.aggregators.powersgd import PowerSgdFactory
+
+    inner = next((f for f in _factories(aggregator)
+                  if isinstance(f, (FetchSgdFactory, PowerSgdFactory))), None)
+    if isinstance(inner, FetchSgdFactory):
+        raise _refuse("FetchSGD keeps momentum and error sketches of the whole model on the "
+                      "server, and a round's sub-model moves every coordinate to another "
+                      "unit", "use another aggregator, or distributor=plain")
+    if isinstance(inner, PowerSgdFactory) and inner.options.warm_start:
+        raise _refuse("PowerSGD's warm start reuses last round's Q, whose rows belonged to "
+                      "other units", "pass aggregator.warm_start=false, or distributor=plain")
 
 
 class SubModelBroadcast:
