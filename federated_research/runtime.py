@@ -20,6 +20,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -64,16 +65,21 @@ class WorkerService:
         self.process: subprocess.Popen | None = None
         self._channel: grpc.Channel | None = None
         self._stub: remote_executor_grpc_stub.RemoteExecutorGrpcStub | None = None
+        # TFF's event-loop thread asks for the stub while the main thread may be stopping
+        # the worker (Ctrl-C, SIGTERM): one of them at a time, or a restart's channel is
+        # wiped by the stop it raced with.
+        self._lock = threading.RLock()
         _LIVE.add(self)
 
     def stub(self) -> remote_executor_grpc_stub.RemoteExecutorGrpcStub:
         """The stub of a running worker; (re)starts the worker when it is not running."""
-        if self._stub is not None and self.process is not None and self.process.poll() is None:
-            if self._stub.is_ready:
+        with self._lock:
+            if (self._stub is not None and self.process is not None
+                    and self.process.poll() is None and self._stub.is_ready):
                 return self._stub
-        self.stop()
-        self._start()
-        return self._stub
+            self.stop()
+            self._start()
+            return self._stub
 
     def _start(self) -> None:
         if not WORKER_BINARY.is_file():
@@ -109,17 +115,18 @@ class WorkerService:
         in flight on TFF's event-loop thread, and closing a gRPC channel under a live
         call from another thread can corrupt gRPC's memory; with the worker gone the
         call has ended (UNAVAILABLE) before the channel closes."""
-        process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(grace)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if self._channel is not None:
-            self._channel.close()
-        self._channel = self._stub = None
+        with self._lock:
+            process, self.process = self.process, None
+            channel, self._channel, self._stub = self._channel, None, None
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGINT)
+                try:
+                    process.wait(grace)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+            if channel is not None:
+                channel.close()
 
 
 def _executor_factory(

@@ -84,3 +84,38 @@ def test_a_forked_child_leaves_its_parents_worker_alone(tmp_path):
         assert child.exitcode == 0
         assert psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
         assert psutil.Process(pid).is_running()
+
+
+def test_a_stub_asked_for_during_stop_waits_for_it_and_is_kept(tmp_path):
+    """TFF's event-loop thread may ask for the stub while the main thread stops the
+    worker (Ctrl-C). The request waits for the stop, then starts a worker whose stub the
+    service keeps: the stop must not wipe the restart's channel, nor crash on it."""
+    import threading
+
+    from federated_research.runtime import WorkerService
+
+    service = WorkerService(tmp_path / "w.log")
+    service.stub()
+    first = service.process.pid
+    got = {}
+    channel = service._channel
+    close = channel.close
+
+    def close_while_another_thread_restarts():
+        if "thread" not in got:  # once: the restart closes this channel again
+            got["thread"] = threading.Thread(
+                target=lambda: got.setdefault("stub", service.stub()))
+            got["thread"].start()
+            got["thread"].join(1.0)  # the old code restarted the worker here, mid-stop
+        close()
+
+    channel.close = close_while_another_thread_restarts
+    try:
+        service.stop()
+        got["thread"].join(60)
+        assert got["stub"] is service._stub and got["stub"].is_ready
+        assert service.process is not None and service.process.pid != first
+        assert psutil.Process(service.process.pid).is_running()
+    finally:
+        service.stop()
+    assert _gone(first, within=10)
