@@ -33,8 +33,8 @@ from tensorflow_federated.python.core.environments.tensorflow_frontend import (
 )
 from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
 from tensorflow_federated.python.core.impl.execution_contexts import sync_execution_context
-from tensorflow_federated.python.core.impl.executor_stacks import python_executor_stacks
 from tensorflow_federated.python.core.impl.executors import (
+    executor_factory,
     remote_executor,
     remote_executor_grpc_stub,
 )
@@ -69,6 +69,7 @@ class WorkerService:
         # the worker (Ctrl-C, SIGTERM): one of them at a time, or a restart's channel is
         # wiped by the stop it raced with.
         self._lock = threading.RLock()
+        self.generation = 0  # which worker: executors made on an earlier one are stale
         _LIVE.add(self)
 
     def stub(self) -> remote_executor_grpc_stub.RemoteExecutorGrpcStub:
@@ -85,6 +86,7 @@ class WorkerService:
         if not WORKER_BINARY.is_file():
             raise RuntimeError(f"TFF's worker binary is missing at {WORKER_BINARY}; "
                                "reinstall tensorflow-federated (scripts/bootstrap.py setup)")
+        self.generation += 1
         port = portpicker.pick_unused_port()
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
 
@@ -118,33 +120,62 @@ class WorkerService:
         with self._lock:
             process, self.process = self.process, None
             channel, self._channel, self._stub = self._channel, None, None
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGINT)
-                try:
-                    process.wait(grace)
-                except subprocess.TimeoutExpired:
+            try:
+                if process is not None and process.poll() is None:
+                    process.send_signal(signal.SIGINT)
+                    try:
+                        process.wait(grace)
+                    except subprocess.TimeoutExpired:
+                        process.kill()
+                        process.wait()
+            finally:  # a second Ctrl-C during the wait still ends the worker and the channel
+                if process is not None and process.poll() is None:
                     process.kill()
-                    process.wait()
-            if channel is not None:
-                channel.close()
+                if channel is not None:
+                    channel.close()
 
 
-def _executor_factory(
-        service: WorkerService) -> python_executor_stacks.ResourceManagingExecutorFactory:
-    def stack_fn(cardinalities):
-        cardinalities.setdefault(placements.CLIENTS, 0)
-        executor = remote_executor.RemoteExecutor(service.stub())
+class _ServiceExecutors(executor_factory.ExecutorFactory):
+    """One remote executor per cardinalities, on the service's current worker.
+
+    TFF's ResourceManagingExecutorFactory keeps an executor for good, with the stub of
+    the worker it was made on; once that worker is stopped (a TffRuntime block ended, a
+    Ctrl-C, a new runtime installed), every later computation with the same
+    cardinalities failed with "Cannot invoke RPC on closed channel". Here an executor
+    is kept with the worker it belongs to (`WorkerService.generation`) and made again on
+    the new one."""
+
+    def __init__(self, service: WorkerService) -> None:
+        self.service = service
+        self._executors: dict[tuple, tuple[int, remote_executor.RemoteExecutor]] = {}
+
+    @staticmethod
+    def _key(cardinalities) -> tuple:
+        return tuple(sorted((str(k), v) for k, v in cardinalities.items()))
+
+    def create_executor(self, cardinalities):
+        cardinalities = {placements.CLIENTS: 0, **cardinalities}
+        stub = self.service.stub()  # (re)starts the worker if it is not running
+        generation, key = self.service.generation, self._key(cardinalities)
+        kept = self._executors.get(key)
+        if kept is not None and kept[0] == generation:
+            return kept[1]
+        executor = remote_executor.RemoteExecutor(stub)
         executor.set_cardinalities(cardinalities)
+        self._executors[key] = (generation, executor)
         return executor
 
-    return python_executor_stacks.ResourceManagingExecutorFactory(executor_stack_fn=stack_fn)
+    def clean_up_executor(self, cardinalities) -> None:
+        kept = self._executors.pop(self._key({placements.CLIENTS: 0, **cardinalities}), None)
+        if kept is not None and kept[0] == self.service.generation:
+            kept[1].close()  # a stale one's worker, and its state, are gone already
 
 
 def install_default_context(service: WorkerService) -> None:
     """Make `service` run every TFF computation (TFF's own default context is dropped
     here, while it has no worker yet, so its `__del__` has nothing to clean up)."""
     context = sync_execution_context.SyncExecutionContext(
-        executor_fn=_executor_factory(service),
+        executor_fn=_ServiceExecutors(service),
         compiler_fn=compiler.desugar_and_transform_to_native,
         transform_args=tensorflow_computation.transform_args,
         transform_result=tensorflow_computation.transform_result)

@@ -76,20 +76,41 @@ def test_optuna_search_preset_searches_both_learning_rates():
     assert cfg.aggregator._target_.endswith("Drive")  # the chosen aggregator is kept
 
 
-@pytest.mark.parametrize("preset", ["compression_vs_baseline", "compression_vs_baseline_emnist"])
-def test_compression_vs_baseline_sweeps_every_aggregator_over_three_seeds(preset):
+def test_compression_vs_baseline_sweeps_every_aggregator_over_three_seeds():
     """Its arms name budgets for some methods; `aggregator=*` adds every other option,
-    a method added later included."""
+    a method added later included. Every arm composes and validates; the FEMNIST twin
+    sweeps the same arms."""
+    from federated_research.config import validate
     from hydra_plugins.federated_research_arms.arms_sweeper import ArmsSweeper
 
-    cfg = compose_config([f"experiment={preset}"], hydra_config=True)
-    sweeper = ArmsSweeper(params=dict(cfg.hydra.sweeper.params),
-                          arms=list(cfg.hydra.sweeper.arms))
-    picked = {o.split("=", 1)[1] for arm in sweeper.arms for o in arm
-              if o.startswith("aggregator=")}
-    assert sorted(picked) == options("aggregator")
-    assert cfg.hydra.sweeper.params.seed.split(",") == ["0", "1", "2"]
-    assert sum(o == "aggregator=mean" for arm in sweeper.arms for o in arm) == 1
+    def arms(preset):
+        cfg = compose_config([f"experiment={preset}"], hydra_config=True)
+        assert cfg.hydra.sweeper.params.seed.split(",") == ["0", "1", "2"]
+        return ArmsSweeper(params=dict(cfg.hydra.sweeper.params),
+                           arms=list(cfg.hydra.sweeper.arms)).arms
+
+    mnist = arms("compression_vs_baseline")
+    picked = [o.split("=", 1)[1] for arm in mnist for o in arm if o.startswith("aggregator=")]
+    assert sorted(set(picked)) == options("aggregator") and picked.count("mean") == 1
+    assert len(mnist) == len({" ".join(a) for a in mnist}) >= len(options("aggregator"))
+    for arm in mnist:
+        validate(compose_config(["experiment=compression_vs_baseline", *arm]))
+    assert arms("compression_vs_baseline_emnist") == mnist
+
+
+def test_a_wildcard_arm_adds_the_options_no_other_arm_picks():
+    from hydra_plugins.federated_research_arms.arms_sweeper import expand
+
+    others = [o for o in options("aggregator") if o not in ("mean", "topk")]
+    assert expand([["aggregator=mean"], ["+aggregator=topk", "seed=1"],
+                   ["aggregator=*", "rounds=2"]]) == [
+        ["aggregator=mean"], ["+aggregator=topk", "seed=1"],
+        *[[f"aggregator={o}", "rounds=2"] for o in others]]
+    assert expand([["+aggregator=*"]]) == [[f"aggregator={o}"] for o in options("aggregator")]
+    for bad in (["aggregatr=*"], ["aggregator=*", "distributor=*"],
+                ["distributor@distributor.codec=*"]):
+        with pytest.raises(ValueError, match="hydra.sweeper.arms"):
+            expand([bad])
 
 
 @pytest.mark.parametrize(("override", "key"), [

@@ -42,6 +42,22 @@ def test_worker_runs_a_federated_computation_and_stops_with_the_block(tmp_path):
     assert _gone(pid, within=10)
 
 
+def test_a_computation_after_the_block_runs_on_a_new_worker(tmp_path):
+    """An executor made on a stopped worker is not reused: the same computation with the
+    same number of clients, after the block, runs on a worker started for it."""
+    @tff.federated_computation(tff.FederatedType(np.float32, tff.CLIENTS))
+    def total(values):
+        return tff.federated_sum(values)
+
+    with TffRuntime(tmp_path / "w.log") as runtime:
+        first = runtime.worker_pid
+        assert total([1.0, 2.0, 6.0]) == 9.0
+    assert _gone(first, within=10)
+    assert total([1.0, 2.0, 7.0]) == 10.0  # once failed: "Cannot invoke RPC on closed channel"
+    assert runtime.worker_pid not in (None, first)
+    runtime.close()
+
+
 def test_worker_stops_when_the_block_raises(tmp_path):
     try:
         with TffRuntime(tmp_path / "w.log") as runtime:
@@ -86,6 +102,29 @@ def test_a_forked_child_leaves_its_parents_worker_alone(tmp_path):
         assert psutil.Process(pid).is_running()
 
 
+class _SpiedLock:
+    """The service's lock, telling when a thread other than the main one waits for it."""
+
+    def __init__(self, lock, waiting) -> None:
+        self.lock, self.waiting = lock, waiting
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            self.waiting.set()
+        self.lock.acquire()
+
+    def __exit__(self, *exc_info):
+        self.lock.release()
+
+
+def _wait_until(condition, within: float) -> None:
+    deadline = time.monotonic() + within
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def test_a_stub_asked_for_during_stop_waits_for_it_and_is_kept(tmp_path):
     """TFF's event-loop thread may ask for the stub while the main thread stops the
     worker (Ctrl-C). The request waits for the stop, then starts a worker whose stub the
@@ -97,25 +136,33 @@ def test_a_stub_asked_for_during_stop_waits_for_it_and_is_kept(tmp_path):
     service = WorkerService(tmp_path / "w.log")
     service.stub()
     first = service.process.pid
-    got = {}
+    waiting, release, got = threading.Event(), threading.Event(), {}
+
+    if hasattr(service, "_lock"):  # (code without the lock: the restart runs at once)
+        service._lock = _SpiedLock(service._lock, waiting)
     channel = service._channel
     close = channel.close
 
+    def ask():  # the thread lives on: a worker dies with the thread that started it
+        got["stub"] = service.stub()
+        release.wait(60)
+
     def close_while_another_thread_restarts():
-        if "thread" not in got:  # once: the restart closes this channel again
-            got["thread"] = threading.Thread(
-                target=lambda: got.setdefault("stub", service.stub()))
+        if "thread" not in got:  # once: a restart closes this channel again
+            got["thread"] = threading.Thread(target=ask)
             got["thread"].start()
-            got["thread"].join(1.0)  # the old code restarted the worker here, mid-stop
+            _wait_until(lambda: waiting.is_set() or "stub" in got, 30)  # it waits, or is done
         close()
 
     channel.close = close_while_another_thread_restarts
     try:
         service.stop()
-        got["thread"].join(60)
+        _wait_until(lambda: "stub" in got, 60)
         assert got["stub"] is service._stub and got["stub"].is_ready
         assert service.process is not None and service.process.pid != first
-        assert psutil.Process(service.process.pid).is_running()
+        assert psutil.Process(service.process.pid).status() != psutil.STATUS_ZOMBIE
     finally:
+        release.set()
+        got["thread"].join(60)
         service.stop()
     assert _gone(first, within=10)

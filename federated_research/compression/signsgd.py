@@ -19,6 +19,7 @@ for signs averaged with a scale, and error feedback, see `aggregator=sign`.
 from __future__ import annotations
 
 import collections
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -45,11 +46,11 @@ class SignOnlyCodec(Codec):
 @dataclass
 class SignSgd(Method):
     server_rule: ClassVar[str] = "majority_vote"
-    step: float = 1.0  # each coordinate's move: step * sign(sum of the clients' signs)
+    step: float = 0.003  # each coordinate's move: step * sign(sum of the clients' signs)
 
     def check(self) -> None:
         super().check()
-        if not self.step > 0:
+        if not 0 < self.step < math.inf:
             raise ConfigError(f"step={self.step}", "is how far the vote moves each "
                               "coordinate: more than 0", "pass e.g. step=0.001")
         for key, value in (("error_feedback", self.error_feedback != "none"),

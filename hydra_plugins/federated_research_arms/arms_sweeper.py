@@ -27,18 +27,23 @@ def expand(arms: list[list[str]]) -> list[list[str]]:
     picked: dict[str, set[str]] = {}
     for arm in arms:
         for override in arm:
-            key, _, value = override.partition("=")
-            picked.setdefault(key, set()).add(value)
+            picked.setdefault(_key(override), set()).add(override.split("=", 1)[-1])
     expanded = []
     for arm in arms:
         wild = [o for o in arm if o.endswith("=*")]
-        rest = [o for o in arm if o not in wild]
+        if len(wild) > 1:
+            raise ValueError(f"hydra.sweeper.arms: {' '.join(arm)}: one `group=*` an arm")
         if not wild:
             expanded.append(arm)
             continue
         group = _key(wild[0])
-        expanded += [[f"{group}={name}", *rest] for name in all_options(group).split(",")
-                     if name not in picked[group]]
+        names = all_options(group.split("@")[0]).split(",") if "@" not in group else []
+        if names == [""] or not names:
+            raise ValueError(f"hydra.sweeper.arms: {wild[0]}: {group} is not a config group "
+                             "whose options can be listed")
+        rest = [o for o in arm if o is not wild[0]]
+        expanded += [[f"{group}={name}", *rest] for name in names
+                     if name not in picked.get(group, set())]
     return expanded
 
 
