@@ -389,3 +389,23 @@ def test_participation_comes_from_the_logged_population_when_the_config_has_none
     configs = {k: [run(r.seed, r.final_accuracy, None) for r in v] for k, v in configs.items()}
     (row,) = feedback_gain.feedback_gains(configs, {none: "topk-none", ef14: "topk-ef14"})
     assert row["participation"] is None  # nothing says how many clients there are
+
+
+def test_a_package_override_in_an_arm_is_a_parameter_mlflow_takes(mlflow_uri):
+    """`distributor@distributor.codec=...` in an arm: MLflow refuses `@` in a parameter's
+    name, and the sweep's parent was left RUNNING with its start half done."""
+    from mlflow.entities import Param
+
+    from federated_research.tracking.sweep import sweep_params
+    from tests.conftest import compose_config
+
+    arm = "aggregator=drive distributor=federated_dropout distributor@distributor.codec=quantize"
+    cfg = compose_config(["hydra/sweeper=arms", f"hydra.sweeper.arms=['{arm}','aggregator=mean']",
+                          "optimizer@client_optimizer=sgd"], hydra_config=True)
+    params = sweep_params(cfg.hydra)
+    assert params["sweep.distributor.codec"] == "quantize"
+    assert params["sweep.aggregator"] == "drive,mean"
+    client = MlflowClient(mlflow_uri)
+    run = client.create_run(client.create_experiment("arms"))
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    assert client.get_run(run.info.run_id).data.params["sweep.distributor.codec"] == "quantize"

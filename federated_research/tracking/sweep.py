@@ -104,6 +104,19 @@ def sweep_values(hydra_cfg: DictConfig) -> dict[str, str]:
     return {k: v for k, v in values.items() if not k.startswith("hydra")}
 
 
+def sweep_params(hydra_cfg: DictConfig) -> dict[str, object]:
+    """The parent run's params: each swept key (`sweep.<key>`; a package override's key by
+    its package, `distributor@distributor.codec` -> `sweep.distributor.codec`, since MLflow
+    refuses `@` in a name), the sweeper's and the launcher's settings."""
+    sweeper = OmegaConf.to_container(hydra_cfg.sweeper, resolve=True)
+    launcher = OmegaConf.to_container(hydra_cfg.launcher, resolve=True)
+    params = {f"sweep.{k.split('@')[-1]}": v for k, v in sweep_values(hydra_cfg).items()}
+    params.update(flatten({k: v for k, v in sweeper.items() if k not in ("params", "_target_")},
+                          "sweeper."))
+    params.update(flatten({k: v for k, v in launcher.items() if k != "_target_"}, "launcher."))
+    return params
+
+
 def swept_keys(hydra_cfg: DictConfig) -> list[str]:
     """Keys that take more than one value: `a=x,y`, `range(3)`, `hydra.sweeper.params`."""
     return list(sweep_values(hydra_cfg))
@@ -164,10 +177,7 @@ def start_sweep(config: DictConfig) -> SweepInfo:
     sweep_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     sweeper = OmegaConf.to_container(hydra_cfg.sweeper, resolve=True)
     launcher = OmegaConf.to_container(hydra_cfg.launcher, resolve=True)
-    params = {f"sweep.{k}": v for k, v in sweep_values(hydra_cfg).items()}
-    params.update(flatten({k: v for k, v in sweeper.items() if k not in ("params", "_target_")},
-                          "sweeper."))
-    params.update(flatten({k: v for k, v in launcher.items() if k != "_target_"}, "launcher."))
+    params = sweep_params(hydra_cfg)
     tags = {SWEEP_ID_TAG: sweep_id, "sweep_dir": str(folder), "run_type": "sweep",
             "sweeper": str(sweeper.get("_target_", "")).rsplit(".", 1)[-1],
             "launcher": str(launcher.get("_target_", "")).rsplit(".", 1)[-1],
@@ -184,8 +194,12 @@ def start_sweep(config: DictConfig) -> SweepInfo:
         from mlflow.entities import Param
 
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-        for i in range(0, len(items), 100):
-            client.log_batch(run.info.run_id, params=items[i:i + 100])
+        try:
+            for i in range(0, len(items), 100):
+                client.log_batch(run.info.run_id, params=items[i:i + 100])
+        except Exception:
+            client.set_terminated(run.info.run_id, "FAILED")  # never left RUNNING
+            raise
     info = SweepInfo(uri=uri, experiment_id=experiment_id, parent_run_id=run.info.run_id,
                      sweep_id=sweep_id, swept=swept, groups=groups, started=time.time(),
                      folder=str(folder))
