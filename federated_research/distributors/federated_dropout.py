@@ -256,6 +256,17 @@ def _refuse_coordinate_state(aggregator) -> None:
                       "other units", "pass aggregator.warm_start=false, or distributor=plain")
 
 
+def _round_counter(inner):
+    """(init: the round number 0 beside `inner`'s state, the round number's increment)."""
+    increment = tff.tensorflow.computation(tff.TensorType(np.int32))(lambda n: n + 1)
+
+    @tff.federated_computation
+    def init_fn():
+        return tff.federated_zip((tff.federated_value(0, tff.SERVER), inner.initialize()))
+
+    return init_fn, increment
+
+
 class SubModelBroadcast:
     """The distribution process: cut, send through the codec, put back on each client."""
 
@@ -283,11 +294,7 @@ class SubModelBroadcast:
             return tff.learning.models.ModelWeights(
                 trainable=plan.scatter(list(sub.trainable), round_num), non_trainable=[])
 
-        increment = tff.tensorflow.computation(round_type)(lambda n: n + 1)
-
-        @tff.federated_computation
-        def init_fn():
-            return tff.federated_zip((tff.federated_value(0, tff.SERVER), inner.initialize()))
+        init_fn, increment = _round_counter(inner)
 
         @tff.federated_computation(init_fn.type_signature.result,
                                    tff.FederatedType(weights_type, tff.SERVER))
@@ -332,11 +339,7 @@ class SubModelUplink(tff.aggregators.WeightedAggregationFactory):
             lambda value, n: plan.gather(list(value), n))
         put_back = tff.tensorflow.computation(sub_type, round_type)(
             lambda sub, n: plan.scatter(list(sub), n))
-        increment = tff.tensorflow.computation(round_type)(lambda n: n + 1)
-
-        @tff.federated_computation
-        def init_fn():
-            return tff.federated_zip((tff.federated_value(0, tff.SERVER), inner.initialize()))
+        init_fn, increment = _round_counter(inner)
 
         @tff.federated_computation(init_fn.type_signature.result,
                                    tff.FederatedType(value_type, tff.CLIENTS),
