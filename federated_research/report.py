@@ -103,6 +103,16 @@ class Run:
         step = self._first_reached(target)
         return None if step is None else step + 1
 
+    def late_gain(self, fraction: float = 0.25) -> float | None:
+        """Points of accuracy gained over the last `fraction` of the rounds: near 0 once
+        the run has plateaued (None: no evaluation that early)."""
+        if not self.accuracy:
+            return None
+        last = max(self.accuracy)
+        cut = (last + 1) * (1 - fraction) - 1
+        earlier = [s for s in self.accuracy if s <= cut]
+        return 100 * (self.accuracy[last] - self.accuracy[max(earlier)]) if earlier else None
+
     def accuracy_within(self, budget: float) -> float | None:
         inside = [s for s in sorted(self.accuracy) if self.up.get(s, float("inf")) <= budget]
         return self.accuracy[inside[-1]] if inside else None
@@ -275,6 +285,7 @@ def summarise(runs: list[Run], target: float | None = None,
         first = group[0]
         params = first.parameters
         accuracy_ci = t_interval(accuracies)
+        late = t_interval(r.late_gain() for r in group)
         delta = t_interval(100 * (r.final_accuracy - b.final_accuracy) for r, b in paired
                            if r.final_accuracy is not None and b.final_accuracy is not None
                            ) if baselines[key] != key else None  # a baseline: 0 by definition
@@ -288,6 +299,10 @@ def summarise(runs: list[Run], target: float | None = None,
             "accuracy_delta": delta.mean if delta else (0.0 if paired else None),
             "accuracy_delta_ci": [delta.low, delta.high] if delta else None,
             "delta_pairs": delta.n if delta else 0,
+            # still rising? points gained over the last quarter of the rounds, 95% t interval
+            "late_gain": late.mean if late else None,
+            "late_gain_ci": [late.low, late.high] if late else None,
+            "rising": late.excludes_zero and late.mean > 0 if late else None,
             "distinguishable": delta.excludes_zero if delta else None,
             "up_bits": up, "down_bits": down,
             "up_ratio": base_up / up if base_up and up else None,
@@ -314,6 +329,7 @@ COLUMNS = [("config", "configuration", "{}"), ("seeds", "seeds", "{}"),
            ("accuracy", "eval acc", "{:.4f}"), ("accuracy_std", "+-", "{:.4f}"),
            ("accuracy_delta", "d acc (pts)", "{:+.2f}"),
            ("accuracy_delta_ci", "95% CI (pts)", "[{:+.2f}, {:+.2f}]"),
+           ("late_gain", "gain, last 25% of rounds (pts)", "{:+.2f}"),
            ("up_bits", "up bits", "{:,.0f}"), ("down_bits", "down bits", "{:,.0f}"),
            ("up_ratio", "up ratio", "{:.2f}x"), ("down_ratio", "down ratio", "{:.2f}x"),
            ("up_bits_per_coord", "up bits/coord", "{:.3f}"),
@@ -322,6 +338,7 @@ COLUMNS = [("config", "configuration", "{}"), ("seeds", "seeds", "{}"),
            ("accuracy_at_budget", "acc at budget", "{:.4f}"),
            ("time_ratio", "time ratio", "{:.2f}"), ("update_nmse", "update nmse", "{:.3f}")]
 NOT_DISTINGUISHABLE = "n.s."  # the interval holds 0: not told apart from the baseline
+RISING = "rising"  # its late gain's interval is above 0: not plateaued
 SPREAD = {"rounds_to_target": ("rounds_to_target_std", "{:.0f}"),
           "bits_to_target": ("bits_to_target_std", "{:,.0f}")}
 
@@ -337,7 +354,29 @@ def _cell(row: dict, key: str, spec: str) -> str:
         text += f" ({row['reached_target']}/{row['seeds']} seeds)"
     if key == "accuracy_delta_ci" and row.get("distinguishable") is False:
         text += " " + NOT_DISTINGUISHABLE
-    return text
+    if key == "late_gain" and row.get("late_gain_ci") and None not in row["late_gain_ci"]:
+        text += " [{:+.2f}, {:+.2f}]".format(*row["late_gain_ci"])
+        text += " " + (RISING if row["rising"] else "")
+    return text.rstrip()
+
+
+def plateau_note(rows: list[dict]) -> str:
+    """Whether each baseline had stopped rising: a method is only "as good as `mean`"
+    once `mean` itself has plateaued."""
+    notes = []
+    for row in rows:
+        if row["baseline"] != row["config"] or row["late_gain"] is None:
+            continue
+        gain = f"`{row['config']}` gained {row['late_gain']:+.2f} pts over its last quarter"
+        if row["rising"] is None:
+            notes.append(f"{gain} (one seed: no interval).")
+        elif row["rising"]:
+            notes.append(f"{gain}, more than the seeds' noise: it is still rising, "
+                         "so compare the methods at this budget of rounds, not at convergence.")
+        else:
+            notes.append(f"{gain}, not told apart from the seeds' noise "
+                         f"({len(row['runs'])} seeds): no rise left to see.")
+    return " ".join(notes)
 
 
 def markdown(rows: list[dict], settings: dict) -> str:
@@ -346,7 +385,9 @@ def markdown(rows: list[dict], settings: dict) -> str:
              "configuration's `mean` baseline, paired by seed; 95% CI: Student's t "
              f"interval of the paired differences over the seeds ({NOT_DISTINGUISHABLE}: "
              "it holds 0, the difference is not told apart from noise; - with one seed). "
-             "Rounds and bits to target: mean +- sd over the seeds that reached it.", "",
+             "Rounds and bits to target: mean +- sd over the seeds that reached it. "
+             "Gain over the last 25% of rounds: mean [95% t interval] over the seeds.",
+             *([""] + [plateau_note(rows)] if plateau_note(rows) else []), "",
              "| " + " | ".join(title for _, title, _ in COLUMNS) + " |",
              "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_cell(r, k, s) for k, _, s in COLUMNS) + " |" for r in rows]
@@ -365,7 +406,8 @@ def text_table(rows: list[dict], settings: dict) -> str:
                                for i, (c, w) in enumerate(zip(row, widths, strict=True))))
         if n == 0:
             lines.append("-" * len(lines[-1]))
-    return "\n".join(lines)
+    note = plateau_note(rows)
+    return "\n".join(lines + ([note] if note else []))
 
 
 def _curve(runs: list[Run], x_of, band: str = "sd") -> tuple[list[float], list[float],

@@ -81,3 +81,31 @@ def test_one_seed_gives_a_difference_without_an_interval():
     line = next(row for row in markdown(rows, {"target": 0.85, "budget": 1.0}).splitlines()
                 if row.startswith("| topk"))
     assert "| -10.00 | - |" in line
+
+
+def test_the_report_says_whether_the_baseline_was_still_rising():
+    """Gain over the last quarter of the rounds (8 evaluations: the last minus the 6th),
+    with its interval: a baseline still rising is named, as 'as good as mean' means
+    little before mean has plateaued."""
+    rising = [[0.5, 0.6, 0.7, 0.8, 0.85, 0.87, 0.89, 0.900],
+              [0.5, 0.6, 0.7, 0.8, 0.85, 0.86, 0.88, 0.885],
+              [0.5, 0.6, 0.7, 0.8, 0.85, 0.88, 0.90, 0.910]]
+    flat = [[0.5, 0.6, 0.7, 0.8, 0.90, 0.910, 0.905, 0.911],
+            [0.5, 0.6, 0.7, 0.8, 0.90, 0.905, 0.910, 0.903],
+            [0.5, 0.6, 0.7, 0.8, 0.90, 0.900, 0.902, 0.902]]
+    for curves, still in ((rising, True), (flat, False)):
+        runs = [_run(seed, name, dict(enumerate(curve)), bits)
+                for name, bits in (("mean", 100.0), ("topk", 10.0))
+                for seed, curve in enumerate(curves)]
+        rows, settings = summarise(runs, target=0.85)
+        mean = next(r for r in rows if r["config"] == "mean")
+        gains = [100 * (c[7] - c[5]) for c in curves]
+        want = t_interval(gains)
+        assert mean["late_gain"] == pytest.approx(want.mean)
+        assert mean["late_gain_ci"] == pytest.approx([want.low, want.high])
+        assert mean["rising"] is still
+        table = markdown(rows, settings)
+        assert ("still rising" in table) is still
+        assert ("not told apart from the seeds' noise" in table) is not still
+        line = next(row for row in table.splitlines() if row.startswith("| mean"))
+        assert ("rising" in line) is still and f"{want.mean:+.2f} [" in line
