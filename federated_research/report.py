@@ -380,6 +380,7 @@ def plateau_note(rows: list[dict]) -> str:
 
 
 def markdown(rows: list[dict], settings: dict) -> str:
+    note = plateau_note(rows)
     lines = [f"Target accuracy {settings['target']:.3f}; uplink budget "
              f"{settings['budget']:,.0f} bits. Ratios and d acc are against each "
              "configuration's `mean` baseline, paired by seed; 95% CI: Student's t "
@@ -387,7 +388,7 @@ def markdown(rows: list[dict], settings: dict) -> str:
              "it holds 0, the difference is not told apart from noise; - with one seed). "
              "Rounds and bits to target: mean +- sd over the seeds that reached it. "
              "Gain over the last 25% of rounds: mean [95% t interval] over the seeds.",
-             *([""] + [plateau_note(rows)] if plateau_note(rows) else []), "",
+             *(["", note] if note else []), "",
              "| " + " | ".join(title for _, title, _ in COLUMNS) + " |",
              "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_cell(r, k, s) for k, _, s in COLUMNS) + " |" for r in rows]
