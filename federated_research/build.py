@@ -11,10 +11,9 @@ from omegaconf import DictConfig
 from federated_research.aggregators import build_aggregator, with_update_error
 from federated_research.algorithms import initial_state
 from federated_research.clipping import clip_gradients, clip_updates
-from federated_research.config import validate
+from federated_research.config import too_few_clients, validate
 from federated_research.data import build_dataset
 from federated_research.distributors import build_distributor
-from federated_research.errors import ConfigError
 from federated_research.loop import LoopSpec, RunParts
 from federated_research.models import build_model
 
@@ -24,9 +23,7 @@ def build_run_parts(cfg: DictConfig) -> RunParts:
     validate(cfg)  # the same checks as the command line's, for scripts and tests too
     data = build_dataset(cfg.dataset, cfg.seed)
     if cfg.clients_per_round > data.num_clients:
-        raise ConfigError(f"clients_per_round={cfg.clients_per_round}",
-                          f"the dataset has only {data.num_clients} training clients",
-                          f"pass clients_per_round={data.num_clients} or fewer")
+        raise too_few_clients(cfg.clients_per_round, data.num_clients)
     model = build_model(cfg.model, data.input_shape, data.num_classes, data.task)
     participation = cfg.clients_per_round / data.num_clients  # EF21's and SCAFFOLD's share
     aggregator = clip_updates(build_aggregator(cfg.aggregator, participation),

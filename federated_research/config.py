@@ -431,6 +431,12 @@ def _validate_codec(node: object) -> None:
             check_downlink(built)
 
 
+def too_few_clients(clients_per_round: int, available: int) -> ConfigError:
+    return ConfigError(f"clients_per_round={clients_per_round}",
+                       f"the dataset has only {available} training clients",
+                       f"pass clients_per_round={available} or fewer")
+
+
 def validate(cfg: DictConfig) -> None:
     """Check every node of a composed config by its own dataclass, then the cross-node rules."""
     for node in ("client_optimizer", "server_optimizer"):
@@ -452,6 +458,13 @@ def validate(cfg: DictConfig) -> None:
             check_downlink(built)
         if isinstance(built, FederatedDropoutConfig):
             _validate_codec(cfg.distributor.codec)
+    _check_across_nodes(cfg)
+
+
+def _check_across_nodes(cfg: DictConfig) -> None:
+    known = cfg.dataset.get("num_clients")  # a simulated split: known before any import
+    if isinstance(known, int) and cfg.clients_per_round > known:
+        raise too_few_clients(cfg.clients_per_round, known)
     scaffold = str(cfg.algorithm.get("_target_", "")).endswith(".build_scaffold")
     if scaffold and options_class(cfg.distributor) is FederatedDropoutConfig:
         raise ConfigError("distributor=federated_dropout", "SCAFFOLD's control variates are "

@@ -91,6 +91,19 @@ def test_emnist_loads_through_tff_from_a_sqlite_cache(tmp_path, only_digits, cla
     assert max(labels) < classes
 
 
+def test_more_clients_a_round_than_a_loaded_dataset_holds_is_one_line(tmp_path):
+    """MNIST's split is checked from the config before any import (the command-line
+    tests); a cache's writers are known only once it is read."""
+    from federated_research.build import build_run_parts
+    from tests.conftest import compose_config
+
+    write_emnist_cache(tmp_path / "cache", writers=4, per_writer=6)
+    with pytest.raises(ConfigError, match=r"^clients_per_round=5: the dataset has only 4 "
+                                          r"training clients\. Fix: pass clients_per_round=4"):
+        build_run_parts(compose_config(["dataset=emnist", f"dataset.cache_dir={tmp_path}/cache",
+                                        "model=linear", "clients_per_round=5"]))
+
+
 def test_emnist_without_cache_names_the_path_and_the_file(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_emnist(cache_dir=str(tmp_path / "nowhere"))

@@ -73,8 +73,8 @@ def _hparams(logdir: Path) -> dict[str, object]:
 
 # One sweep read by several tests: two arms (the mean; DRIVE with a quantising downlink)
 # x two seeds, one after the other in one process (the basic launcher) in a new store;
-# the seed-7 DRIVE job runs again by the reproducibility test (a sweep job costs ~10 s:
-# built once, read by several tests).
+# the seed-7 DRIVE job runs again on Ray (`ray_sweep`), where the reproducibility test
+# compares the two (a sweep job costs ~10 s: built once, read by several tests).
 SEEDED = ["hydra/sweeper=arms", "hydra.sweeper.arms=['aggregator=mean',"
           "'aggregator=drive distributor=rotated_quantize']", "model=linear", "rounds=2",
           "clients_per_round=3", "eval_every=1", "fed_eval.every=2", "fed_eval.clients=3"]
@@ -178,20 +178,47 @@ def test_a_sweep_is_one_parent_with_named_children_hparams_and_a_report(seeded_s
     assert "## Report" in client.get_run(parent.info.run_id).data.tags["mlflow.note.content"]
 
 
+# Hydra's Ray launcher for real (a Ray started on this machine), driven by the arms
+# sweeper: the seeded sweep's DRIVE job at seed 7 once more, and beside it the same with
+# error feedback, so the report has a feedback gain to give. One Ray CPU: one Ray worker
+# pays the TF imports and runs both jobs (two importing at once on a busy machine took
+# minutes).
+RAY_ARMS = ("hydra.sweeper.arms=['aggregator=drive distributor=rotated_quantize',"
+            "'aggregator=drive distributor=rotated_quantize aggregator.error_feedback=ef14']")
+
+
+@pytest.fixture(scope="module")
+def ray_sweep(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ray")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    return folder, uri, _sweep(folder, uri, "hydra/launcher=ray_cluster",
+                               "+hydra.launcher.ray.init.num_cpus=1", "hydra/sweeper=arms",
+                               RAY_ARMS, *SEEDED[2:], "seed=7")
+
+
+def _ray_job(folder: Path, feedback: str) -> dict:
+    """The summary.json of the Ray sweep's job with that error feedback."""
+    (found,) = [json.loads((job / "summary.json").read_text())
+                for job in (folder / "sweep").glob("[0-9]*")
+                if ("aggregator.error_feedback=ef14" in (job / ".hydra" / "overrides.yaml")
+                    .read_text()) == (feedback == "ef14")]
+    return found
+
+
 @pytest.mark.slow
 @pytest.mark.xdist_group("seeded_sweep")
-def test_same_seed_same_metrics_other_seed_other_metrics(seeded_sweep, tmp_path, mlflow_uri):
-    folder, _, first = seeded_sweep
+def test_same_seed_same_metrics_other_seed_other_metrics(seeded_sweep, ray_sweep):
+    """The DRIVE job once more, in another process on another launcher: every random
+    stream of a run is in it (client sampling, shuffling, the uplink's rotations, the
+    downlink's stochastic rounding); TFF's seeded rounding (`compression`) reproduces in
+    tests/test_comm_bits.py."""
+    (folder, _, first), (ray_folder, _, again) = seeded_sweep, ray_sweep
     assert first.returncode == 0, first.stderr[-3000:]
-    # The DRIVE job once more: every random stream of a run is in it (client sampling,
-    # shuffling, the uplink's rotations, the downlink's stochastic rounding); TFF's seeded
-    # rounding (`compression`) reproduces in tests/test_comm_bits.py.
-    again = _sweep(tmp_path, mlflow_uri, *SEEDED[2:], "seed=7", "hydra/sweeper=arms",
-                   "hydra.sweeper.arms=['aggregator=drive distributor=rotated_quantize']")
     assert again.returncode == 0, again.stderr[-3000:]
-    before, after = _jobs(folder / "sweep"), _jobs(tmp_path / "sweep")
-    assert len(before) == 4 and len(after) == 1
-    same = [{k: run[k] for k in REPRODUCED} for run in (before["drive", "7"], after["drive", "7"])]
+    before = _jobs(folder / "sweep")
+    assert len(before) == 4
+    same = [{k: run[k] for k in REPRODUCED} for run in (before["drive", "7"],
+                                                        _ray_job(ray_folder, "none"))]
     assert same[0] == same[1]  # it reproduces its seed
     for arm in NAMES:
         assert before[arm, "8"]["train/loss"] != before[arm, "7"]["train/loss"], arm
@@ -315,20 +342,11 @@ def test_the_arms_sweeper_runs_each_arm_with_each_grid_point():
 
 
 @pytest.mark.slow
-def test_a_feedback_sweep_runs_on_a_local_ray_and_reports_its_gain(tmp_path, mlflow_uri,
-                                                                   run_cli):
-    """Hydra's Ray launcher for real (a Ray started on this machine), driven by the arms
-    sweeper through the real command line; the report's feedback table from what the
-    two jobs logged. (Kept apart from the seeded sweep, and small: under the suite's
-    load Ray's own processes make each of its jobs several times slower.)"""
-    arms = "['aggregator=topk aggregator.error_feedback=none'," \
-           "'aggregator=topk aggregator.error_feedback=ef14']"
-    # One Ray CPU: one Ray worker pays the TF imports and runs both jobs (two workers
-    # importing at once on a busy machine took minutes)
-    done = run_cli("hydra/launcher=ray_cluster", "+hydra.launcher.ray.init.num_cpus=1",
-                   "hydra/sweeper=arms", f"hydra.sweeper.arms={arms}", "model=linear", "rounds=2",
-                   "clients_per_round=2", "dataset.num_clients=4", "checkpoint_every=0",
-                   "hydra.sweep.dir=sweep", multirun=True, timeout=600)
+@pytest.mark.xdist_group("seeded_sweep")
+def test_a_feedback_sweep_runs_on_a_local_ray_and_reports_its_gain(ray_sweep):
+    """The parent and children as with the basic launcher; the report's feedback table
+    from what the two jobs logged."""
+    folder, mlflow_uri, done = ray_sweep
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Started a local Ray instance" in done.stderr
     _, parents, kids = _family(mlflow_uri)
@@ -336,15 +354,17 @@ def test_a_feedback_sweep_runs_on_a_local_ray_and_reports_its_gain(tmp_path, mlf
     assert parents[0].data.tags["sweeper"] == "ArmsSweeper"
     assert parents[0].info.status == "FINISHED"
     assert {k.info.status for k in kids} == {"FINISHED"}
-    assert sorted(k.info.run_name for k in kids) == ["topk-ef14", "topk-none"]
+    assert sorted(k.info.run_name for k in kids) == ["drive-rotated_quantize",
+                                                     "drive-rotated_quantize-ef14"]
     assert {k.data.tags[PARENT_TAG] for k in kids} == {parents[0].info.run_id}
-    report = json.loads((tmp_path / "sweep" / "report" / "report.json").read_text())
+    report = json.loads((folder / "sweep" / "report" / "report.json").read_text())
     (gain,) = report["feedback_gains"]
     accuracy = {r["config"]: r["accuracy"] for r in report["rows"]}
-    assert gain["participation"] == 0.5 and gain["config"] != gain["without"]
+    assert gain["participation"] == 3 / 40 and gain["config"] != gain["without"]
     assert gain["gain"] == pytest.approx(
         100 * (accuracy[gain["config"]] - accuracy[gain["without"]]))
-    assert "Error feedback's gain" in (tmp_path / "sweep" / "report" / "report.md").read_text()
+    assert _ray_job(folder, "ef14")["train/loss"] != _ray_job(folder, "none")["train/loss"]
+    assert "Error feedback's gain" in (folder / "sweep" / "report" / "report.md").read_text()
 
 
 def test_the_gain_is_plotted_against_participation_when_the_sweep_spans_it(tmp_path):

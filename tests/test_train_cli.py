@@ -90,7 +90,6 @@ def test_two_rounds_are_tracked_identically_in_mlflow_and_tensorboard(tmp_path, 
     (["clients_per_round=41"], "error: clients_per_round=41: the dataset has only 40"),
     (["aggregator=nope"], "error: aggregator=nope: no such option. Fix: choose one of"),
     (["client_optimizer.learning_rate=abc"], "error: client_optimizer.learning_rate=abc:"),
-    (["dataset=emnist", "dataset.cache_dir=NOCACHE"], "error: dataset.cache_dir="),
     (["model=keras_file"], "error: model.path: model=keras_file needs the saved model"),
     (["aggregator=drive", "aggregator.block_size=1000"],
      "error: aggregator.block_size=1000: must be a power of two"),
@@ -99,7 +98,6 @@ def test_two_rounds_are_tracked_identically_in_mlflow_and_tensorboard(tmp_path, 
 ])
 def test_bad_input_is_one_line_exit_2_and_no_running_run(tmp_path, mlflow_uri, run_cli,
                                                          overrides, expected):
-    overrides = [o.replace("NOCACHE", str(tmp_path / "nocache")) for o in overrides]
     done = run_cli(*overrides, timeout=200)
     lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
     assert done.returncode == 2, lines
@@ -108,41 +106,13 @@ def test_bad_input_is_one_line_exit_2_and_no_running_run(tmp_path, mlflow_uri, r
         assert all(r.info.status != "RUNNING" for r in _runs(mlflow_uri)[1])
 
 
-def test_client_memory_is_tracked_checkpointed_and_resumed_from_disk(tmp_path, mlflow_uri,
-                                                                    run_cli):
-    """EF21 with the disk store: client_state/* in MLflow and TensorBoard alike, the
-    states in files and in every checkpoint, and a resumed run that goes on from them."""
-    out = tmp_path / "out"
-    args = ["aggregator=topk", "aggregator.error_feedback=ef21", "client_state.store=disk",
-            "model=linear", "dataset.num_clients=4", "clients_per_round=3", "checkpoint_every=1",
-            f"hydra.run.dir={out}"]
-    done = run_cli(*args, "rounds=2")
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["round_1", "round_2"]
-    written = json.loads((out / "checkpoints" / "round_2" / "client_state" / "written.json")
-                         .read_text())
-    assert set(written.values()) <= {0, 1} and len(written) >= 3
-    files = list((out / "client_state").glob("*.npy"))
-    assert len(files) == 2 * len(written)  # the EF21 estimate of the kernel and of the bias
-    done = run_cli(f"resume={out}", "rounds=3")
-    assert done.returncode == 0, done.stderr[-3000:]
-    client, runs = _runs(mlflow_uri)
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    run_id = runs[0].info.run_id
-    board = _tensorboard(out / "tensorboard")
-    for key in ("client_state/fraction_with_state", "client_state/disk_bytes",
-                "client_state/residual_norm", "client_state/memory_bytes"):
-        logged = _history(client, run_id, key)
-        assert sorted(logged) == [0, 1, 2], key
-        assert board[key] == pytest.approx(logged, rel=1e-6), key
-    assert _history(client, run_id, "client_state/memory_bytes") == {0: 0, 1: 0, 2: 0}
-    assert _history(client, run_id, "client_state/disk_bytes")[2] >= sum(
-        f.stat().st_size for f in files) > 0
-    assert _history(client, run_id, "client_state/mean_staleness")[2] >= 1  # 3 of 4 return
-
-
-def test_missing_cache_error_names_the_file_to_put_there(tmp_path, run_cli):
+def test_missing_cache_error_names_the_file_to_put_there(tmp_path, mlflow_uri, run_cli):
+    """The one bad input found only once TFF is imported and the data read: still one
+    line, exit 2, and no run left RUNNING."""
     done = run_cli("dataset=emnist", f"dataset.cache_dir={tmp_path}/c", timeout=200)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith(f"error: dataset.cache_dir={tmp_path}/c: ")
+    assert all(r.info.status != "RUNNING" for r in _runs(mlflow_uri)[1])
     assert f"{tmp_path}/c/emnist_all.sqlite does not exist" in done.stderr
     assert "put TFF's emnist_all.sqlite" in done.stderr
     assert "../" not in done.stderr  # no path that exists only on our machines
@@ -179,7 +149,7 @@ def test_a_finite_divergence_stops_the_run_failed_under_on_nonfinite(tmp_path, m
                                                                      run_cli):
     """A learning rate of 1e9: the loss stays finite but passes any healthy run's by far.
     (`on_nonfinite=continue` lifts it as it lifts a NaN, one `if` in loop.run_rounds,
-    run end to end by test_long_runs.py's diverging custom FedAvg.)"""
+    run end to end by test_long_runs.py with our FedAvg.)"""
     diverging = ["model=linear", "clients_per_round=3", "rounds=1",
                  "client_optimizer.learning_rate=1e9"]
     done = run_cli(*diverging)
@@ -221,12 +191,13 @@ def test_emnist62_hand_written_fedavg_with_federated_evaluation(tmp_path, mlflow
     assert _history(client, run_id, "fed_eval/broadcasted_bits")[1] == 3 * mlp * 32
 
 
-@pytest.mark.parametrize(("sig", "sweep"), [(signal.SIGTERM, False), (signal.SIGINT, False),
-                                            (signal.SIGINT, True)],
-                         ids=["SIGTERM", "SIGINT", "SIGINT-sweep"])
+@pytest.mark.parametrize(("sig", "sweep"), [(signal.SIGTERM, False), (signal.SIGINT, True)],
+                         ids=["SIGTERM", "SIGINT-sweep"])
 @pytest.mark.slow
 def test_a_signal_marks_the_run_killed_and_stops_the_worker(tmp_path, mlflow_uri, sig, sweep):
-    """In a sweep, Ctrl-C also marks the parent run KILLED."""
+    """In a sweep, Ctrl-C also marks the parent run KILLED. (A single run meets Ctrl-C
+    exactly as a sweep's job does, as Python's KeyboardInterrupt; the sweep adds the
+    parent. SIGTERM is our own handler's exception: signals.py.)"""
     where = ["-m", "aggregator=mean,drive", f"hydra.sweep.dir={tmp_path}",
              "hydra.sweep.subdir=out"] if sweep else [f"hydra.run.dir={tmp_path}/out"]
     proc = subprocess.Popen(
