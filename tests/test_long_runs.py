@@ -147,12 +147,15 @@ def _client_memory_is_tracked(client: MlflowClient, run_id: str, out: Path, roun
 
 @pytest.mark.slow
 def test_a_tracking_server_that_goes_away_and_comes_back_misses_nothing(tmp_path):
+    """Rounds go on while the server is away; what they logged waits in the queue and is
+    delivered when it is back (at the latest while the run closes: it waits for it)."""
+    rounds = 12
     port = portpicker.pick_unused_port()
     uri = f"http://127.0.0.1:{port}"
     server = start_mlflow_server(tmp_path, port)
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "federated_research.train", *LINEAR, QUIET,
-                             "rounds=40", "checkpoint_every=0", f"hydra.run.dir={out}"],
+                             f"rounds={rounds}", "checkpoint_every=0", f"hydra.run.dir={out}"],
                             cwd=tmp_path, env=cli_env(uri), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
@@ -179,7 +182,7 @@ def test_a_tracking_server_that_goes_away_and_comes_back_misses_nothing(tmp_path
         assert len(runs) == 1 and runs[0].info.status == "FINISHED"
         run_id = runs[0].info.run_id
         for key in ("train/loss", "comm/aggregated_bits", "time/round_seconds"):
-            assert sorted(_history(client, run_id, key)) == list(range(40)), key
+            assert sorted(_history(client, run_id, key)) == list(range(rounds)), key
         assert _history(client, run_id, "comm/broadcasted_bits")[0] == 3 * LINEAR_BITS
         assert {a.path for a in client.list_artifacts(run_id)} >= {
             ".hydra", "comm_bits.json", "model"}  # the model, sent after the server came back

@@ -45,9 +45,16 @@ def _tensorboard(logdir: Path) -> dict[str, dict[int, float]]:
 
 @pytest.mark.slow
 def test_two_rounds_are_tracked_identically_in_mlflow_and_tensorboard(tmp_path, mlflow_uri):
-    """Also run through `| tee`, which hangs if the TFF worker holds our stdout."""
+    """EMNIST's 62 classes from a TFF cache, the 2NN, FedAvg by hand on TFF's Federated
+    Core, and fed_eval/* beside eval/*: all in MLflow and TensorBoard alike. Run through
+    `| tee`, which hangs if the TFF worker holds our stdout."""
+    from tests.conftest import write_emnist_cache
+
+    write_emnist_cache(tmp_path / "cache", writers=4, per_writer=6)
     cmd = (f"set -o pipefail; {sys.executable} -m federated_research.train rounds=2 "
-           f"model=linear clients_per_round=4 eval_every=5 hydra.run.dir={tmp_path}/out "
+           f"dataset=emnist dataset.cache_dir={tmp_path}/cache dataset.only_digits=false "
+           "model=mlp algorithm=custom_fedavg clients_per_round=3 eval_every=5 "
+           f"fed_eval.every=1 fed_eval.clients=3 hydra.run.dir={tmp_path}/out "
            f"2>&1 | tee {tmp_path}/log")
     done = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env=cli_env(mlflow_uri),
                           capture_output=True, text=True, timeout=300)
@@ -57,31 +64,38 @@ def test_two_rounds_are_tracked_identically_in_mlflow_and_tensorboard(tmp_path, 
     client, runs = _runs(mlflow_uri)
     assert len(runs) == 1
     run = runs[0]
+    run_id = run.info.run_id
     assert run.info.status == "FINISHED"
-    assert run.data.tags["dataset"] == "mnist" and run.data.tags["model"] == "linear"
+    assert run.data.tags["dataset"] == "emnist" and run.data.tags["model"] == "mlp"
     assert run.data.tags["aggregator"] == "mean" and run.data.tags["client_optimizer"] == "sgd"
+    assert run.data.tags["algorithm"] == "custom_fedavg"
     assert run.data.params["client_optimizer.learning_rate"] == "0.05"
     assert run.data.params["rounds"] == "2" and run.data.params["client.batch_size"] == "20"
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, ".hydra")}
+    artifacts = {a.path for a in client.list_artifacts(run_id, ".hydra")}
     assert {".hydra/config.yaml", ".hydra/overrides.yaml"} <= artifacts
-    comm = json.loads((Path(client.download_artifacts(run.info.run_id, "comm_bits.json",
+    # 62 classes: the 784-200-200-62 model is broadcast to each of the 3 clients
+    mlp = (784 * 200 + 200 + 200 * 200 + 200 + 200 * 62 + 62) * 32
+    comm = json.loads((Path(client.download_artifacts(run_id, "comm_bits.json",
                                                         str(tmp_path)))).read_text())
-    assert comm["per_client_bits"]["model_down"] == LINEAR_BITS
+    assert comm["per_client_bits"]["model_down"] == mlp
 
     board = _tensorboard(tmp_path / "out" / "tensorboard")
-    for key in CONTRACT:
-        logged = _history(client, run.info.run_id, key)
-        assert sorted(logged) == [0, 1], key
+    for key in [*CONTRACT, "fed_eval/accuracy", "fed_eval/loss", "fed_eval/clients",
+                "fed_eval/client_accuracy_median", "fed_eval/client_accuracy_min",
+                "fed_eval/broadcasted_bits"]:
+        logged = _history(client, run_id, key)
+        assert sorted(logged) == [0, 1], key  # fed_eval every round, on its own schedule
         assert board[key] == pytest.approx(logged, rel=1e-6), key
     for key in ("eval/loss", "eval/accuracy"):  # eval_every=5 > rounds: only the last round
-        assert sorted(_history(client, run.info.run_id, key)) == [1]
+        assert sorted(_history(client, run_id, key)) == [1]
         assert sorted(board[key]) == [1]
-    bits = _history(client, run.info.run_id, "comm/broadcasted_bits")
-    assert bits == {0: 4 * LINEAR_BITS, 1: 4 * LINEAR_BITS}
-    assert _history(client, run.info.run_id, "comm/aggregated_bits_cumulative")[1] == \
-        2 * 4 * (LINEAR_BITS + 32)
-    assert _history(client, run.info.run_id, "train/num_examples")[0] > 0
-    assert _history(client, run.info.run_id, "data/train_clients") == {0: 40}  # MNIST's
+    assert _history(client, run_id, "comm/broadcasted_bits") == {0: 3 * mlp, 1: 3 * mlp}
+    assert _history(client, run_id, "comm/aggregated_bits_cumulative")[1] == \
+        2 * 3 * (mlp + 32)
+    assert _history(client, run_id, "train/num_examples")[0] > 0
+    assert _history(client, run_id, "data/train_clients") == {0: 4}  # the cache's writers
+    assert _history(client, run_id, "fed_eval/clients")[1] == 3
+    assert _history(client, run_id, "fed_eval/broadcasted_bits")[1] == 3 * mlp
 
 
 @pytest.mark.parametrize(("overrides", "expected"), [
@@ -161,34 +175,6 @@ def test_a_finite_divergence_stops_the_run_failed_under_on_nonfinite(tmp_path, m
     client, runs = _runs(mlflow_uri)
     assert [r.info.status for r in runs] == ["FAILED"]
     assert _history(client, runs[0].info.run_id, "eval/loss")[0] > 230  # logged, then out
-
-
-def test_emnist62_hand_written_fedavg_with_federated_evaluation(tmp_path, mlflow_uri, run_cli):
-    """EMNIST's 62 classes from a TFF cache, the 2NN, FedAvg by hand, and fed_eval/* logged
-    beside eval/* in both MLflow and TensorBoard."""
-    from tests.conftest import write_emnist_cache
-
-    write_emnist_cache(tmp_path / "cache", writers=4, per_writer=6)
-    done = run_cli("dataset=emnist", f"dataset.cache_dir={tmp_path}/cache",
-                   "dataset.only_digits=false", "model=mlp", "algorithm=custom_fedavg",
-                   "rounds=2", "clients_per_round=3", "fed_eval.every=1", "fed_eval.clients=3",
-                   "hydra.run.dir=out")
-    assert done.returncode == 0, done.stderr[-3000:]
-    client, runs = _runs(mlflow_uri)
-    run_id = runs[0].info.run_id
-    assert runs[0].info.status == "FINISHED" and runs[0].data.tags["algorithm"] == "custom_fedavg"
-    # 62 classes: the 784-200-200-62 model is broadcast to each of the 3 clients.
-    mlp = 784 * 200 + 200 + 200 * 200 + 200 + 200 * 62 + 62
-    assert _history(client, run_id, "comm/broadcasted_bits")[0] == 3 * mlp * 32
-    board = _tensorboard(tmp_path / "out" / "tensorboard")
-    for key in ("fed_eval/accuracy", "fed_eval/loss", "fed_eval/client_accuracy_median",
-                "fed_eval/client_accuracy_min", "fed_eval/clients", "fed_eval/broadcasted_bits"):
-        logged = _history(client, run_id, key)
-        assert sorted(logged) == [0, 1], key  # every round, on its own schedule
-        assert board[key] == pytest.approx(logged, rel=1e-6), key
-    assert sorted(_history(client, run_id, "eval/accuracy")) == [1]  # eval_every=5: the last
-    assert _history(client, run_id, "fed_eval/clients")[1] == 3
-    assert _history(client, run_id, "fed_eval/broadcasted_bits")[1] == 3 * mlp * 32
 
 
 @pytest.mark.parametrize(("sig", "sweep"), [(signal.SIGTERM, False), (signal.SIGINT, True)],
