@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import hydra
 import pytest
 import tensorflow_federated as tff
@@ -10,7 +12,7 @@ from federated_research.aggregators import build_aggregator
 from federated_research.algorithms import ClientStatefulProcess
 from federated_research.distributors import build_distributor
 from federated_research.models import build_model
-from tests.conftest import compose_config, options
+from tests.conftest import REPO, compose_config, options
 
 IMAGES, TEXT = ((28, 28, 1), 10), ((100,), 90)  # (input shape, classes or vocabulary)
 PARAMS = {"cnn": (IMAGES, 1_663_370), "linear": (IMAGES, 7_850),
@@ -91,14 +93,25 @@ def _linear_process(overrides: list[str]):
 FEDERATED = [a for a in options("algorithm") if a != "centralized"]
 
 
+# Methods whose own test file runs FedAvg rounds of the run's own parts (and counts their
+# bits by the paper's formula): built once there, not again here.
+ROUNDS_RUN_ELSEWHERE = {
+    "qsgd": "test_baseline_methods.test_a_run_logs_the_fixed_bits_plus_what_the_codes_took",
+    "stc": "test_baseline_methods.test_a_run_logs_the_fixed_bits_plus_what_the_codes_took",
+    "powersgd": "test_powersgd.test_a_round_of_the_linear_model_runs_and_counts_the_formula",
+    "fetchsgd": "test_fetchsgd.test_rounds_run_with_the_sketches_in_the_server_state",
+}
+
+
 def _one_aggregator_of_each_kind() -> list[str]:
     """An aggregator meets a learning process only through its factory: TFF's mean of a
     plain sum, the mean of our codecs' sum (every rotating, quantising or sparsifying
     method), TFF's robust (compression) factory, error feedback, a server state
     (PowerSGD, FetchSGD), the majority vote. One of each, picked from the factories the
-    options really build, so a new kind is picked up by itself."""
+    options really build, so a new kind is picked up by itself; those whose own tests run
+    our FedAvg (ROUNDS_RUN_ELSEWHERE) are not built again."""
     kinds = {}
-    for name in options("aggregator"):
+    for name in [a for a in options("aggregator") if a not in ROUNDS_RUN_ELSEWHERE]:
         factory = build_aggregator(compose_config([f"aggregator={name}"]).aggregator)
         inner = getattr(factory, "_value_sum_factory", None)  # tff.aggregators.MeanFactory's
         kinds.setdefault((type(factory), type(inner)), name)
@@ -143,7 +156,17 @@ def test_every_distributor_builds_a_learning_process(distributor):
     assert [w.shape for w in built.process.get_model_weights(state).trainable] == shapes
 
 
-@pytest.mark.parametrize("aggregator", options("aggregator"))
+def test_the_methods_run_elsewhere_are_run_there():
+    for aggregator, where in ROUNDS_RUN_ELSEWHERE.items():
+        module, test = where.split(".")
+        assert aggregator in options("aggregator"), aggregator
+        assert callable(getattr(importlib.import_module(f"tests.{module}"), test)), where
+        assert f"aggregator={aggregator}" in (REPO / "tests" / f"{module}.py").read_text() or (
+            module == f"test_{aggregator}"), where
+
+
+@pytest.mark.parametrize("aggregator", [a for a in options("aggregator")
+                                        if a not in ROUNDS_RUN_ELSEWHERE])
 def test_every_aggregator_runs_a_round_of_fedavg(aggregator):
     """A round on the real worker, the run's own parts (TFF's builder, or ours where the
     clients keep state): the model stays finite and the uplink's bits are ordered."""
