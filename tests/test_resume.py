@@ -67,11 +67,13 @@ STATEFUL = {  # clients that remember (SCAFFOLD's control variates and the ef14 
 }
 
 
-@pytest.fixture(scope="module", params=["mean", "drive", *STATEFUL])
+@pytest.fixture(scope="module", params=["mean", *STATEFUL])
 def resumed_and_whole(request, tmp_path_factory):
     """One run of ROUNDS rounds, and one that stops after 3 and is resumed from its
     checkpoint (saved every 2 rounds and at the end) in a freshly built process (the
-    first two share one build, which they could not if a build kept a run's state)."""
+    first two share one build, which they could not if a build kept a run's state).
+    A stochastic compressor (DRIVE's rotations, in error feedback, clients on disk) is
+    resumed from the command line after kill -9: tests/test_long_runs.py."""
     extra, store = STATEFUL.get(request.param, ([f"aggregator={request.param}"], "memory"))
     overrides = [*TINY, *extra]
     whole_dir, split_dir = (tmp_path_factory.mktemp(n) for n in ("whole", "split"))
@@ -96,8 +98,6 @@ def test_a_resumed_run_equals_one_that_never_stopped(resumed_and_whole):
     whole_history = _deterministic(logged)
     assert sorted(whole_history) == list(range(ROUNDS))
     assert _deterministic(_journal_history(split_dir)) == whole_history
-    if aggregator == "drive":  # the stochastic compressor has an error to compare
-        assert whole_history[ROUNDS - 1]["comm/update_mse"] > 0
     if aggregator in STATEFUL:  # every client's memory, bit for bit, and when it was written
         assert whole.clients.written == resumed.clients.written and whole.clients.written
         for cid in whole.clients.written:
