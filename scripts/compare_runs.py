@@ -5,6 +5,8 @@
     .venv/bin/python scripts/compare_runs.py --parent <run id> --target 0.8 --budget 25%
     .venv/bin/python scripts/compare_runs.py --experiment compression_methods --out report/
     .venv/bin/python scripts/compare_runs.py --sweep multirun/2026-11-21/14-35-17 --per-run
+    .venv/bin/python scripts/compare_runs.py --experiment compression_methods --export runs.jsonl.gz
+    .venv/bin/python scripts/compare_runs.py --from runs.jsonl.gz --from more.jsonl.gz --out report/
 
 Per configuration (every param but the seed), against its `mean` baseline of the
 same sweep: final eval accuracy (mean +- sd over seeds), the paired accuracy change,
@@ -15,6 +17,9 @@ report.json and three PNG plots (accuracy by round, rate-accuracy, Pareto front)
 with `--parent` they are also logged as artifacts of the sweep's parent run (the
 table becomes its description in the MLflow UI). A sweep does this by itself when
 it ends (`tracking.sweep_report`). `--per-run` prints one line per run instead.
+`--export` writes the runs the report reads (params, accuracy and bits by round,
+round times) to one small file; `--from` reads such files instead of a store,
+pooled (docs/results.md is rebuilt from the files in docs/data/ this way).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from federated_research import run_records  # noqa: E402
 from federated_research.report import (  # noqa: E402
     ReportError,
     load_runs,
@@ -98,9 +104,21 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write report.md, report.json and plots here")
     parser.add_argument("--per-run", action="store_true", help="one line per run instead")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--from", dest="sources", type=Path, action="append",
+                        help="read the runs from this --export file instead of a store "
+                             "(repeat to pool several)")
+    parser.add_argument("--export", type=Path,
+                        help="write the runs read to this file (.jsonl, or .jsonl.gz)")
     args = parser.parse_args()
     try:
-        runs, parent = load_runs(args.tracking_uri, args.experiment, args.parent, args.sweep)
+        if args.sources:
+            runs = run_records.pool([run_records.load(p) for p in args.sources])
+            parent = None
+        else:
+            runs, parent = load_runs(args.tracking_uri, args.experiment, args.parent,
+                                     args.sweep)
+        if args.export:
+            print(f"wrote {len(runs)} runs to {run_records.save(runs, args.export)}")
         if args.per_run:
             rows = per_run_rows(runs)
             print_per_run(rows)
@@ -111,11 +129,15 @@ def main() -> None:
                 if parent:
                     written = publish(args.tracking_uri, parent, rows, settings, args.out)
                 else:
-                    written = write_report(rows, settings, args.out, title=args.experiment)
+                    title = (", ".join(p.name.split(".")[0] for p in args.sources)
+                             if args.sources else args.experiment)
+                    written = write_report(rows, settings, args.out, title=title)
                 print("wrote " + ", ".join(str(p) for p in written))
                 if parent:
                     print(f"logged to the parent run {parent} (artifacts: report/)")
     except ReportError as exc:
+        if args.sources:
+            sys.exit(f"error: {exc}. Fix: pass a file written by --export")
         sys.exit(f"error: {exc}. Fix: check --tracking-uri, --experiment and --parent "
                  "(the parent's run id is in the MLflow UI, or pass --parent last)")
     if args.json:

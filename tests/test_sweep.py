@@ -3,6 +3,7 @@ names, HParams read back with TensorBoard's reader, Optuna trials, the report.""
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
+from federated_research import run_records
 from federated_research.report import ReportError, load_runs, summarise
 from federated_research.tracking.sweep import PARENT_TAG, SWEEP_FILE, job_run_name, swept_keys
 from tests.conftest import cli_env
@@ -251,6 +253,47 @@ def test_compressed_both_ways_logs_fewer_bits_and_the_errors(seeded_sweep, tmp_p
     # The linear model starts at zero, which quantises exactly; updates never do.
     assert _metric(client, run_id, "comm/broadcast_mse")[0] == 0
     assert _metric(client, run_id, "comm/update_nmse")[0] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("seeded_sweep")
+def test_a_sweeps_runs_exported_to_a_file_give_the_same_report(seeded_sweep, tmp_path):
+    """`compare_runs.py --export`, then `--from` that file with no store: the same rows
+    as the report the sweep wrote from MLflow; pooling the file twice counts each run once."""
+    folder, mlflow_uri, done = seeded_sweep
+    assert done.returncode == 0, done.stderr[-3000:]
+    parent = _family(mlflow_uri)[1][0].info.run_id
+    script = [sys.executable, str(Path(__file__).parents[1] / "scripts" / "compare_runs.py")]
+    exported = tmp_path / "runs.jsonl.gz"
+    subprocess.run([*script, "--tracking-uri", mlflow_uri, "--parent", parent, "--export",
+                    str(exported)], check=True, capture_output=True, env=cli_env(None))
+    assert exported.read_bytes()[:2] == b"\x1f\x8b"  # gzip
+    rebuilt = subprocess.run([*script, "--from", str(exported), "--from", str(exported),
+                              "--json", str(tmp_path / "rows.json")], capture_output=True,
+                             text=True, env=cli_env(None), cwd=tmp_path)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    from_file = json.loads((tmp_path / "rows.json").read_text())
+    from_store = json.loads((folder / "sweep" / "report" / "report.json").read_text())["rows"]
+    assert len(from_file) == 2 and from_file == json.loads(json.dumps(from_store))
+    assert not (tmp_path / "mlflow.db").exists()  # no store was opened or made
+
+    runs = run_records.load(exported)
+    lines = gzip.decompress(exported.read_bytes()).decode().splitlines()
+    for name, text, message in [
+            ("cut.jsonl", "\n".join(lines[:-1]), "truncated: 3 runs of 4"),
+            ("foreign.jsonl", '{"format": "other/9"}\n', "not a runs file of this version"),
+            ("damaged.jsonl.gz", "not gzip", "damaged or not a runs file"),
+            ("broken.jsonl", lines[0] + "\n{", "damaged or not a runs file")]:
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ReportError, match=message):
+            run_records.load(tmp_path / name)
+    with pytest.raises(ReportError, match="no file .*missing.jsonl .*--export"):
+        run_records.load(tmp_path / "missing.jsonl")
+    bad = subprocess.run([*script, "--from", str(tmp_path / "cut.jsonl")],
+                         capture_output=True, text=True, env=cli_env(None), cwd=tmp_path)
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1, bad.stderr
+    assert "truncated" in bad.stderr and "Fix: pass a file written by --export" in bad.stderr
+    assert {r.seed for r in runs} == {"7", "8"} and all(r.accuracy for r in runs)
 
 
 def test_a_sweeps_children_are_found_in_other_experiments(mlflow_uri, tmp_path):
