@@ -24,7 +24,8 @@ from tests.conftest import compose_config, options
 
 pytestmark = pytest.mark.xdist_group("client_state")
 
-# signsgd's majority vote refuses feedback (tests/test_varlen.py): it has no mean to correct;
+# signsgd's majority vote refuses feedback (tests/test_baseline_methods.py): it has no
+# mean to correct;
 # powersgd is no codec to wrap: its feedback is its own (tests/test_powersgd.py);
 # fetchsgd refuses it: its error accumulation is the server's, in sketch space
 METHODS = sorted(set(options("aggregator")) - {"mean", "compression", "tff_compression",

@@ -85,6 +85,12 @@ def _kept(d: int, p: float) -> int:
     return max(1, round(p * math.ceil(d / chunk))) * chunk
 
 
+def _kashin(d: int, redundancy: float = 1.25, largest: int = 4096) -> tuple[int, int]:
+    """A tensor's blocks and frame size N: N the power of two >= 1.25 d, at most 4096."""
+    frame = min(largest, 2 ** max(1, math.ceil(math.log2(d * redundancy))))
+    return math.ceil(d / min(d, math.floor(frame / redundancy))), frame
+
+
 SIZES = [math.prod(s) for s in SHAPES]
 FORMULAS = {  # bits per client of the encoded update, from each module's docstring
     ("quantize", 8): sum(_words(d, 8) + 64 for d in SIZES),
@@ -108,6 +114,18 @@ FORMULAS = {  # bits per client of the encoded update, from each module's docstr
        + 32 for b in (1, 2, 2.5, 8)},
     ("eden", 0.25): sum(_words(_padded(_kept(d, .25))[0], 1) + 32 * _padded(
         _kept(d, .25))[1] for d in SIZES) + 32,
+    # Kashin: blocks of L = floor(N / 1.25) coordinates, N frame coefficients each at k
+    # bits and two float32 a block (the quantiser's range); one seed
+    **{("kashin", k): sum(_words(_kashin(d)[0] * _kashin(d)[1], k) + 64 * _kashin(d)[0]
+                          for d in SIZES) + 32 for k in (2, 1)},
+    ("terngrad", None): sum(_words(d, 2) + 32 for d in SIZES),  # a trit in 2 bits, a scale
+    ("signsgd", None): sum(_words(d, 1) for d in SIZES),  # signs alone: the vote needs no scale
+    # QSGD, s = 4: a float32 norm a bucket of 512; `fixed` sends sign + 3-bit level for
+    # every coordinate, Elias sends a count and a measured code
+    ("qsgd", "fixed"): sum(32 * math.ceil(d / 512) + _words(d, 4) for d in SIZES),
+    ("qsgd", "elias"): sum(32 * math.ceil(d / 512) + 32 for d in SIZES),
+    # STC: the mean magnitude, a sign per kept value, then the measured Golomb-Rice positions
+    ("stc", None): sum(32 + _words(max(1, round(.01 * d)), 1) for d in SIZES),
 }
 
 
@@ -124,6 +142,10 @@ CASES = [("quantize", {"bits": 8}, ("quantize", 8)), ("quantize", {"bits": 3}, (
          ("topk", {"fraction": 0.3}, ("topk", 0.3)), ("sketch", {}, ("sketch", 16)),
          ("sign", {}, ("sign", None))]
 CASES += [("eden", {"bits": b}, ("eden", b)) for b in (1, 2, 2.5, 8, 0.25)]
+CASES += [("kashin", {}, ("kashin", 2)), ("kashin", {"bits": 1}, ("kashin", 1)),
+          ("terngrad", {}, ("terngrad", None)), ("signsgd", {}, ("signsgd", None)),
+          ("qsgd", {}, ("qsgd", "elias")), ("qsgd", {"coding": "fixed"}, ("qsgd", "fixed")),
+          ("stc", {}, ("stc", None))]
 # A method added since: its declared formula (Method.message_bits) is what it is held to.
 CASES += [(name, {}, None) for name in method_options() if name not in {c[0] for c in CASES}]
 # a variable-length code inside the shared options (subsampling): still measured
@@ -169,7 +191,7 @@ def test_counted_bits_are_what_the_encoder_emits(name, options, formula):
     assert measured > 0 if any(c.variable for c in codecs) else measured == 0
     weight = 32 if getattr(method, "server_rule", "mean") == "mean" else 0  # vote, fetchsgd
     assert counted + measured == emitted + weight  # + the weighted mean's float32 weight
-    # the method's own declared formula (the fixed part; tests/test_varlen.py: the rest)
+    # the method's own declared formula (the fixed part; test_baseline_methods.py: the rest)
     assert emitted == method.message_bits(SHAPES) + measured
     assert emitted == (FORMULAS[formula] if formula else method.message_bits(SHAPES)) + measured
     raw = sum(SIZES) * 32
@@ -339,6 +361,16 @@ def test_compressed_broadcast_sends_the_encoding_and_clients_train_on_its_decodi
     assert measurements["broadcast_nmse"] < 0.01  # 6 bits after rotation
 
 
+@pytest.mark.parametrize(("bits", "formula"), [(8, ("quantize", 8)), (3, ("quantize", 3))])
+def test_the_quantised_broadcast_sends_its_formula(bits, formula):
+    """`distributor=quantize`: b bits a coordinate, packed, and two float32 a tensor."""
+    cfg = OmegaConf.load(CONF_DIR / "distributor" / "quantize.yaml")
+    cfg.seed, cfg.bits = 0, bits
+    weights_type = tff.types.to_type(tff.learning.models.ModelWeights(
+        trainable=[(np.float32, s) for s in SHAPES], non_trainable=[]))
+    assert comm_cost(build_distributor(cfg).create(weights_type).next).down == FORMULAS[formula]
+
+
 @pytest.mark.parametrize(("group", "overrides", "message"), [
     ("aggregator", {"bits": 0}, "aggregator.bits=0: must be 1 to 16"),
     ("aggregator", {"bits": "abc"}, "aggregator.bits=abc: wrong type. Fix: give aggregator.bits"
@@ -353,6 +385,30 @@ def test_each_method_checks_its_own_options_in_one_line(group, overrides, messag
         (build_aggregator if group == "aggregator" else build_distributor)(cfg)
     assert str(caught.value).startswith(message), str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("name", "overrides", "message"), [
+    ("qsgd", {"levels": 0}, "aggregator.levels=0: must be 1 to 32768"),
+    ("qsgd", {"levels": "four"}, "aggregator.levels=four: wrong type"),
+    ("qsgd", {"coding": "huffman"}, "aggregator.coding=huffman: must be one of elias_gamma"),
+    ("qsgd", {"bucket_size": -1}, "aggregator.bucket_size=-1: must be 0 (the whole tensor)"),
+    ("terngrad", {"clip_sigma": 0.5}, "aggregator.clip_sigma=0.5: is c of the clipping"),
+    ("kashin", {"redundancy": 1}, "aggregator.redundancy=1: is the frame's overcompleteness"),
+    ("kashin", {"frame_size": 1000}, "aggregator.frame_size=1000: must be a power of two"),
+    ("kashin", {"eta": 1.0}, "aggregator.eta=1.0: must be in (0, 1)"),
+    ("stc", {"fraction": 1.5}, "aggregator.fraction=1.5: is the fraction of coordinates kept"),
+    ("stc", {"error_feedback": "ef99"}, "aggregator.error_feedback=ef99: must be one of none"),
+    ("signsgd", {"step": 0}, "aggregator.step=0: is how far the vote moves"),
+    ("eden", {"bits": 9}, "aggregator.bits=9: is the bits a coordinate"),
+])
+def test_the_baseline_methods_check_their_options_in_one_line(name, overrides, message):
+    with pytest.raises(ConfigError) as caught:
+        build_aggregator(_method(name, **overrides))
+    text = str(caught.value)
+    key = next(iter(overrides))
+    assert text.startswith(message), text
+    assert f"Fix: pass e.g. aggregator.{key}=" in text or f"Fix: give aggregator.{key}" in text
+    assert "\n" not in text
 
 
 def test_block_size_must_be_a_power_of_two():

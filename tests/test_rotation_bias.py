@@ -35,11 +35,12 @@ from federated_research.train import CONF_DIR
 
 pytestmark = pytest.mark.xdist_group("rotation_bias")
 
-# Every rotated unbiased method: (aggregator option, overrides). eden at 1 bit decodes as
+# Every rotated unbiased method: (aggregator option, overrides); kashin's frame is a
+# randomised Hadamard too (TFMOT's). eden at 1 bit decodes as
 # drive does (test_eden_at_one_bit_is_drive); its fractional budget here mixes 1 and 2 bits.
 UNBIASED = {"drive": ("drive", {}), "rotated_quantize": ("rotated_quantize", {}),
             "subsampled": ("subsampled", {}), "eden-2": ("eden", {"bits": 2}),
-            "eden-1.5": ("eden", {"bits": 1.5})}
+            "eden-1.5": ("eden", {"bits": 1.5}), "kashin-2": ("kashin", {})}
 SEEDS = {"small": 240, "dense": 8}  # decodings a tensor
 DENSE = 1_605_632  # the CNN's 3136 x 512 kernel: few decodings suffice at that size
 

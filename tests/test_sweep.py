@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -255,29 +256,44 @@ def test_compressed_both_ways_logs_fewer_bits_and_the_errors(seeded_sweep, tmp_p
     assert _metric(client, run_id, "comm/update_nmse")[0] > 0
 
 
+def _compare_runs(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """scripts/compare_runs.py in this process (its imports are paid already): exit code
+    and what it wrote to stderr."""
+    monkeypatch.setattr(sys, "argv", ["compare_runs.py", *args])
+    try:
+        runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "compare_runs.py"),
+                       run_name="__main__")
+        code = 0
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 1
+        print(stop.code, file=sys.stderr)
+    return code, capsys.readouterr().err
+
+
 @pytest.mark.slow
 @pytest.mark.xdist_group("seeded_sweep")
-def test_a_sweeps_runs_exported_to_a_file_give_the_same_report(seeded_sweep, tmp_path):
+def test_a_sweeps_runs_exported_to_a_file_give_the_same_report(seeded_sweep, tmp_path,
+                                                              monkeypatch, capsys):
     """`compare_runs.py --export`, then `--from` that file with no store: the same rows
     as the report the sweep wrote from MLflow; pooling the file twice counts each run once."""
     folder, mlflow_uri, done = seeded_sweep
     assert done.returncode == 0, done.stderr[-3000:]
     parent = _family(mlflow_uri)[1][0].info.run_id
-    script = [sys.executable, str(Path(__file__).parents[1] / "scripts" / "compare_runs.py")]
+    monkeypatch.chdir(tmp_path)
     exported = tmp_path / "runs.jsonl.gz"
-    subprocess.run([*script, "--tracking-uri", mlflow_uri, "--parent", parent, "--export",
-                    str(exported)], check=True, capture_output=True, env=cli_env(None))
+    assert _compare_runs(monkeypatch, capsys, "--tracking-uri", mlflow_uri, "--parent", parent,
+                         "--export", str(exported))[0] == 0
     assert exported.read_bytes()[:2] == b"\x1f\x8b"  # gzip
-    rebuilt = subprocess.run([*script, "--from", str(exported), "--from", str(exported),
-                              "--json", str(tmp_path / "rows.json")], capture_output=True,
-                             text=True, env=cli_env(None), cwd=tmp_path)
-    assert rebuilt.returncode == 0, rebuilt.stderr
+    code, err = _compare_runs(monkeypatch, capsys, "--from", str(exported), "--from",
+                              str(exported), "--json", str(tmp_path / "rows.json"))
+    assert code == 0, err
     from_file = json.loads((tmp_path / "rows.json").read_text())
     from_store = json.loads((folder / "sweep" / "report" / "report.json").read_text())["rows"]
     assert len(from_file) == 2 and from_file == json.loads(json.dumps(from_store))
     assert not (tmp_path / "mlflow.db").exists()  # no store was opened or made
 
     runs = run_records.load(exported)
+    assert {r.seed for r in runs} == {"7", "8"} and all(r.accuracy for r in runs)
     lines = gzip.decompress(exported.read_bytes()).decode().splitlines()
     for name, text, message in [
             ("cut.jsonl", "\n".join(lines[:-1]), "truncated: 3 runs of 4"),
@@ -289,11 +305,9 @@ def test_a_sweeps_runs_exported_to_a_file_give_the_same_report(seeded_sweep, tmp
             run_records.load(tmp_path / name)
     with pytest.raises(ReportError, match="no file .*missing.jsonl .*--export"):
         run_records.load(tmp_path / "missing.jsonl")
-    bad = subprocess.run([*script, "--from", str(tmp_path / "cut.jsonl")],
-                         capture_output=True, text=True, env=cli_env(None), cwd=tmp_path)
-    assert bad.returncode == 1 and bad.stderr.count("\n") == 1, bad.stderr
-    assert "truncated" in bad.stderr and "Fix: pass a file written by --export" in bad.stderr
-    assert {r.seed for r in runs} == {"7", "8"} and all(r.accuracy for r in runs)
+    code, err = _compare_runs(monkeypatch, capsys, "--from", str(tmp_path / "cut.jsonl"))
+    assert code == 1 and err.count("\n") == 1, err
+    assert "truncated" in err and "Fix: pass a file written by --export" in err
 
 
 def test_a_sweeps_children_are_found_in_other_experiments(mlflow_uri, tmp_path):
