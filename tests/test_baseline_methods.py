@@ -289,6 +289,15 @@ def test_kashin_flattens_the_coefficients_and_represents_exactly():
     rotated = BlockRotation(3276, 4096).forward(x[0], tf.constant([1, 2]))
     rotation_range = float(tf.reduce_max(tf.abs(rotated)) / norm[0, 0])
     assert kashin_range < 0.95 * rotation_range
+    # the theorem's constant for the stage's parameters: K = 1 / ((1 - eta) sqrt(delta))
+    assert kashin_range <= 1 / ((1 - codec.stage._eta) * math.sqrt(codec.stage._delta))
     flat = tf.reshape(x, [-1])
     roundtrip = codec.decode(codec.encode(flat, tf.constant([1, 2])), tf.constant([1, 2]))
     assert float(tf.norm(roundtrip - flat) / tf.norm(flat)) < 1e-3
+    # What the flat range buys at k bits: a block's step is at most 2 range ||x_b|| /
+    # (sqrt(N) (2^k - 1)), unbiased rounding adds at most step^2 / 4 a coefficient, and
+    # the tight frame's adjoint does not grow an error, so vNMSE <= range^2 / (2^k - 1)^2.
+    two_bits = _method("kashin", bits=2).codec((8 * 3276,))
+    errors = [float(tf.reduce_sum(tf.square(two_bits.decode(two_bits.encode(flat, s), s) - flat))
+                    / tf.reduce_sum(tf.square(flat))) for s in ([1, 2], [3, 4], [5, 6])]
+    assert 0.05 < np.mean(errors) <= kashin_range ** 2 / 9, (errors, kashin_range)
