@@ -415,7 +415,7 @@ class _Untyped(Options):
     """An option composed without a schema (a user's own YAML): its keys pass as they are."""
 
 
-def _validate_codec(node: object) -> None:
+def validate_codec(node: object) -> None:
     """Federated dropout's codec: a distributor option, composed as one, checked as one."""
     if not isinstance(node, DictConfig) or "_target_" not in node:
         raise ConfigError(f"distributor.codec={node}", "the codec that sends the sub-model is "
@@ -457,7 +457,7 @@ def validate(cfg: DictConfig) -> None:
         if key == "distributor" and hasattr(built, "make_codec"):
             check_downlink(built)
         if isinstance(built, FederatedDropoutConfig):
-            _validate_codec(cfg.distributor.codec)
+            validate_codec(cfg.distributor.codec)
     _check_across_nodes(cfg)
 
 

@@ -256,6 +256,23 @@ def test_what_it_cannot_cut_is_refused_in_one_line(overrides, says):
     assert code == 2 and "\n" not in line and line.startswith(f"error: {says}"), line
 
 
+@pytest.mark.parametrize(("overrides", "says"), [
+    (["distributor.rate=half"], "distributor.rate=half: wrong type"),
+    (["distributor.rate=0"], "distributor.rate=0: must be between 0 and 1"),
+    (["+distributor.rates=0.5"], "distributor.rates: FederatedDropoutConfig has no such option"),
+    (["distributor@distributor.codec=quantize", "distributor.codec.bits=0"],
+     "distributor.codec.bits=0: must be 1 to 16"),
+])
+def test_building_it_checks_its_options_without_validate(overrides, says):
+    """A script that builds the distributor from a config node, with no validate() first,
+    gets the same one-line error."""
+    cfg = compose_config(["distributor=federated_dropout", *overrides]).distributor
+    with pytest.raises(ConfigError) as caught:
+        build_distributor(cfg)
+    line, code = exit_for(caught.value)
+    assert code == 2 and "\n" not in line and line.startswith(f"error: {says}"), line
+
+
 def test_a_run_with_federated_dropout_learns():
     """The run's own parts (build_run_parts) on the embedded MNIST, model=mlp: eight rounds
     on three clients lower the full model's loss on their data; the bits are the sub-model's."""

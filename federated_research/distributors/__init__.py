@@ -26,9 +26,14 @@ class Distributor(Protocol):
 
 def build_distributor(cfg: DictConfig) -> Distributor:
     """The distributor of a config node; `codec` (federated dropout's) is one in turn."""
-    if "codec" in cfg:
-        options = {key: cfg[key] for key in cfg if key not in ("_target_", "codec")}
-        return hydra.utils.get_class(cfg._target_)(**options, codec=build_distributor(cfg.codec))
+    if "codec" in cfg:  # federated dropout, checked here too: a script may skip validate()
+        from federated_research.config import FederatedDropoutConfig, validate_codec
+        from federated_research.options import build_options
+
+        checked = build_options(FederatedDropoutConfig, cfg, "distributor")
+        validate_codec(cfg.codec)
+        return hydra.utils.get_class(cfg._target_)(rate=checked.rate, seed=checked.seed,
+                                                   codec=build_distributor(cfg.codec))
     if not is_method(hydra.utils.get_object(cfg._target_)):
         return hydra.utils.instantiate(cfg)
     method = build_method(cfg, "distributor")
