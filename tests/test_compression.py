@@ -189,7 +189,7 @@ def test_counted_bits_are_what_the_encoder_emits(name, options, formula):
     emitted = _emitted_bits(message)
     measured = int(measured_bits(codecs, message))  # variable-length codes: as written
     assert measured > 0 if any(c.variable for c in codecs) else measured == 0
-    weight = 32 if getattr(method, "server_rule", "mean") == "mean" else 0  # vote, fetchsgd
+    weight = 0 if getattr(method, "server_rule", "mean") == "majority_vote" else 32  # a vote
     assert counted + measured == emitted + weight  # + the weighted mean's float32 weight
     # the method's own declared formula (the fixed part; test_baseline_methods.py: the rest)
     assert emitted == method.message_bits(SHAPES) + measured

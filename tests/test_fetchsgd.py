@@ -100,8 +100,9 @@ def test_clients_sending_the_same_sparse_update_get_it_back_and_nothing_stays_be
         assert np.abs(state.error).max() < 1e-6 and np.abs(state.momentum).max() < 1e-6
 
 
-def _algorithm_1(hashes, rounds, columns: int, k: int, rho: float):
-    """The paper's Algorithm 1, dense numpy: the applied Delta and (S_u, S_e) each round.
+def _algorithm_1(hashes, rounds, columns: int, k: int, rho: float, weights):
+    """The paper's Algorithm 1, dense numpy: the applied Delta and (S_u, S_e) each round;
+    the tables' mean weighted by `weights`, as the authors' code weights it by examples.
     Ties among the estimates are common (coordinates that share their median bucket):
     the lower index goes first, as in tf.math.top_k."""
     where, signs = hashes
@@ -116,7 +117,7 @@ def _algorithm_1(hashes, rounds, columns: int, k: int, rho: float):
     error = np.zeros((rows, columns))
     steps = []
     for clients in rounds:
-        mean = np.mean([sketch(g) for g in clients], axis=0)  # S = (1/W) sum_i S(g_i)
+        mean = np.average([sketch(g) for g in clients], axis=0, weights=weights)
         momentum = rho * momentum + mean
         error = error + momentum
         estimate = np.median(error.ravel()[where] * signs, axis=0)
@@ -139,7 +140,7 @@ def test_momentum_and_error_accumulation_match_algorithm_1_step_by_step(rows):
               for _ in range(4)]
     state = process.initialize()
     for (delta, momentum, error), clients in zip(
-            _algorithm_1(hashes, rounds, 100, 25, 0.9), rounds, strict=True):
+            _algorithm_1(hashes, rounds, 100, 25, 0.9, [1.0, 7.0, 2.0]), rounds, strict=True):
         output = process.next(state, [_split(g) for g in clients], [1.0, 7.0, 2.0])
         state = output.state
         got = np.concatenate([np.ravel(r) for r in output.result])
@@ -149,9 +150,9 @@ def test_momentum_and_error_accumulation_match_algorithm_1_step_by_step(rows):
         np.testing.assert_allclose(state.error, error, rtol=1e-4, atol=1e-6)
 
 
-def test_a_client_sends_one_table_and_no_weight():
+def test_a_client_sends_one_table_and_its_weight():
     method, process = _process(rows=3, columns=0.1, k=5)
-    assert comm_cost(process.next).up == 32 * 3 * 101 == method.message_bits(SHAPES)
+    assert comm_cost(process.next).up == 32 * 3 * 101 + 32 == method.message_bits(SHAPES) + 32
     assert comm_cost(process.next).down == 0
     assert method.top(D) == 5 and _method(k=0.01).top(D) == 10  # a count, or a fraction
 
@@ -169,8 +170,8 @@ def test_fetchsgd_refuses_what_does_not_fit_one_sketch_and_its_rule_in_one_line(
 
 @pytest.mark.parametrize("algorithm", ["fedavg", "custom_fedavg"])
 def test_rounds_run_with_the_sketches_in_the_server_state(algorithm):
-    """Two rounds of the linear model: the bits are one table a client, the aggregator's
-    S_u and S_e are in the learning process's state (so in every checkpoint)."""
+    """Two rounds of the linear model: the bits are one table and a weight a client; the
+    aggregator's S_u and S_e are in the learning process's state (so in every checkpoint)."""
     from federated_research.build import build_run_parts
     from federated_research.loop import Evaluations, RunState, run_rounds
     from tests.conftest import compose_config
@@ -186,7 +187,7 @@ def test_rounds_run_with_the_sketches_in_the_server_state(algorithm):
 
     run = run_rounds(parts, RunState(parts.initial_state), Evaluations(lambda w: {}), Collect())
     columns = round(0.077 * 7850)
-    assert logged[1]["comm/aggregated_bits"] == 3 * 32 * 5 * columns
+    assert logged[1]["comm/aggregated_bits"] == 3 * (32 * 5 * columns + 32)  # and a weight
     sketches = run.state.aggregator
     assert np.shape(sketches.error) == np.shape(sketches.momentum) == (5, columns)
     assert np.any(sketches.error != 0) and np.all(np.isfinite(sketches.error))

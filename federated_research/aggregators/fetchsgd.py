@@ -1,18 +1,22 @@
 """FetchSGD's server rule (Rothchild et al. 2020, Algorithm 1): momentum and error, sketched.
 
-    clients:  federated_map(encode)             a count sketch of the whole update
-    wire:     federated_aggregate(tables)       no weight: one vote a client, as the paper
-    server:   S = sum of tables / clients       (the server counts them: nothing sent)
+    clients:  federated_map(encode)             w_i S_i: the count sketch of the whole
+                                                update, times the client's weight
+    wire:     federated_aggregate(tables)       each w_i S_i and w_i
+    server:   S = sum w_i S_i / sum w_i         the weighted mean of the tables
               S_u <- rho S_u + S;  S_e <- S_e + S_u
               Delta = top-k of the median estimates of S_e
               S_e <- S_e - S(Delta);  S_u <- 0 in Delta's buckets
               the aggregate is Delta, restored to the model's tensors
 
-The server adds the tables as they come (the sketch is linear); it estimates
-coordinates once a round, from S_e. The state (S_u, S_e), two r x c float32
-tables, is the aggregation's SERVER state, so it lives in the learning process's
-state and is checkpointed with it; it never crosses the network. Options and the
-bit formula: compression/fetchsgd.py.
+The mean is weighted by examples, as the authors' code weights it (each worker's
+sketch times its batch size, divided by the round's examples) and as `mean` is;
+Algorithm 1's plain mean (1/W) sum_i S_i is the case of equal weights, which an
+algorithm that weighs clients alike passes. The server adds the tables as they come
+(the sketch is linear); it estimates coordinates once a round, from S_e. The state
+(S_u, S_e), two r x c float32 tables, is the aggregation's SERVER state, so it lives
+in the learning process's state and is checkpointed with it; it never crosses the
+network. Options and the bit formula: compression/fetchsgd.py.
 """
 
 from __future__ import annotations
@@ -32,8 +36,8 @@ SketchState = collections.namedtuple("SketchState", ["momentum", "error"])
 
 
 class FetchSgdFactory(tff.aggregators.WeightedAggregationFactory):
-    """Delta of FetchSGD's Algorithm 1 from the clients' count sketches. Weighted in
-    name only, so that every algorithm takes it: the weight never leaves a client."""
+    """Delta of FetchSGD's Algorithm 1 from the clients' count sketches, their mean
+    weighted by the clients' weights."""
 
     def __init__(self, method: FetchSgd) -> None:
         self.method = method
@@ -42,8 +46,14 @@ class FetchSgdFactory(tff.aggregators.WeightedAggregationFactory):
         specs = type_conversions.type_to_tf_tensor_specs(value_type)
         codecs = self.method.codecs([tuple(s.shape) for s in tf.nest.flatten(specs)])
         sketcher = codecs[0].sketcher
-        encode = tff.tensorflow.computation(value_type)(encode_fn(codecs, self.method.seed))
-        parts = _mean_table(sketcher, encode.type_signature.result)
+        encode = encode_fn(codecs, self.method.seed)
+
+        @tff.tensorflow.computation(value_type, weight_type)
+        def weighted_table(value, weight):
+            weight = tf.cast(weight, tf.float32)
+            return encode(value)["tensors"][0]["table"] * weight, weight
+
+        parts = _mean_table(sketcher, weighted_table.type_signature.result)
         zeros = tff.tensorflow.computation(lambda: SketchState(
             *[tf.zeros([sketcher.rows, sketcher.columns], tf.float32)] * 2))
         init_fn = tff.federated_computation(lambda: tff.federated_eval(zeros, tff.SERVER))
@@ -56,8 +66,8 @@ class FetchSgdFactory(tff.aggregators.WeightedAggregationFactory):
                                    tff.FederatedType(value_type, tff.CLIENTS),
                                    tff.FederatedType(weight_type, tff.CLIENTS))
         def next_fn(state, value, weight):
-            del weight  # Algorithm 1 averages the clients' sketches, one vote a client
-            mean = tff.federated_aggregate(tff.federated_map(encode, value), *parts)
+            mean = tff.federated_aggregate(
+                tff.federated_map(weighted_table, (value, weight)), *parts)
             stepped = tff.federated_map(server_step, (state, mean))
             return tff.templates.MeasuredProcessOutput(
                 stepped[0], stepped[1], tff.federated_value((), tff.SERVER))
@@ -66,14 +76,15 @@ class FetchSgdFactory(tff.aggregators.WeightedAggregationFactory):
 
 
 def _mean_table(sketcher: CountSketch, message_type):
-    """`federated_aggregate`'s parts for the mean of the clients' tables (sum, count)."""
+    """`federated_aggregate`'s parts for the weighted mean of the clients' tables: the
+    sums of w_i S_i and of w_i."""
     shape = [sketcher.rows, sketcher.columns]
     zero = tff.tensorflow.computation(lambda: (tf.zeros(shape, tf.float32), tf.constant(0.0)))
     sum_type = zero.type_signature.result
 
     @tff.tensorflow.computation(sum_type, message_type)
     def accumulate(total, message):
-        return total[0] + message["tensors"][0]["table"], total[1] + 1.0
+        return total[0] + message[0], total[1] + message[1]
 
     @tff.tensorflow.computation(sum_type, sum_type)
     def merge(a, b):

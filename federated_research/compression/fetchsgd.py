@@ -4,8 +4,9 @@
 Each client sends a count sketch (count_sketch.py) of its whole update, all
 tensors as one vector, as the paper sketches the whole gradient: r rows of c
 float32, hashed from the run seed so that the clients' tables add up. The server
-(aggregators/fetchsgd.py) averages the tables, one vote a client (the paper's
-S = (1/W) sum_i S_i; no weight is sent), and keeps in sketch space
+(aggregators/fetchsgd.py) averages the tables weighted by the clients' examples, as
+the authors' code does (the paper's S = (1/W) sum_i S_i is the equal-weight case; each
+client sends its weight, as for `mean`), and keeps in sketch space
 
     S_u <- rho S_u + S                       momentum
     S_e <- S_e + S_u                         error accumulation
@@ -22,7 +23,7 @@ values of the k coordinates). The authors' code (CommEfficient, fed_aggregator.p
 zeroes S_e in Delta's buckets rather than subtracting S(Delta), with a comment that
 subtracting made their model diverge; this follows the paper.
 
-    bits = 32 * rows * columns    (one table a client; no weight, no seed)
+    bits = 32 * rows * columns + 32    (one table and its weight a client; no seed)
 
 `columns` and `k` are a fraction of d, the model's number of weights, if below 1,
 else a count; the defaults are the authors' code's (5 rows, 500,000 columns and
