@@ -162,20 +162,27 @@ def test_a_round_reports_the_clients_code_lengths_summed():
     assert len(set(each)) > 1  # the length really depends on the data
 
 
-def test_qsgd_variance_is_the_papers_exact_rounding_variance():
-    """Lemma 3.1: each coordinate's error is (||v|| / s)^2 p (1 - p), p = frac(s |v_i| / ||v||)."""
+@pytest.mark.parametrize("norm", ["l2", "max"])
+def test_qsgd_variance_is_the_papers_exact_rounding_variance(norm):
+    """Lemma 3.1: each coordinate's error is (||v|| / s)^2 p (1 - p), p = frac(s |v_i| / ||v||);
+    with `norm: max` the scale is max |v_i| in place of ||v||, far less error at few levels."""
     v = np.random.default_rng(4).standard_t(3, 2048).astype(np.float32)
+    scale = np.linalg.norm(v) if norm == "l2" else np.max(np.abs(v))
     for levels in (1, 4):
-        codec = _method("qsgd", levels=levels, bucket_size=0).codec((2048,))
-        r = levels * np.abs(v) / np.linalg.norm(v)
+        codec = _method("qsgd", levels=levels, bucket_size=0, norm=norm).codec((2048,))
+        r = levels * np.abs(v) / scale
         p = r - np.floor(r)
-        exact = float(np.sum((np.linalg.norm(v) / levels) ** 2 * p * (1 - p)))
+        exact = float(np.sum((scale / levels) ** 2 * p * (1 - p)))
         roundtrip = tf.function(lambda seed, c=codec: c.decode(c.encode(tf.constant(v), seed),
                                                                None))
         errors = [float(np.sum((roundtrip(tf.constant([i, 1])).numpy() - v) ** 2))
                   for i in range(300)]
         assert np.mean(errors) == pytest.approx(exact, rel=0.12)
         assert exact <= min(2048 / levels**2, math.sqrt(2048) / levels) * np.sum(v**2)
+        if norm == "max":  # the experiments' scale: a fraction of the analysed one's error
+            l2 = levels * np.abs(v) / np.linalg.norm(v)
+            analysed = np.sum((np.linalg.norm(v) / levels) ** 2 * (l2 % 1) * (1 - l2 % 1))
+            assert exact < 0.5 * analysed
 
 
 def test_stc_positions_cost_what_the_paper_expects():

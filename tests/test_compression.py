@@ -145,7 +145,7 @@ CASES += [("eden", {"bits": b}, ("eden", b)) for b in (1, 2, 2.5, 8, 0.25)]
 CASES += [("kashin", {}, ("kashin", 2)), ("kashin", {"bits": 1}, ("kashin", 1)),
           ("terngrad", {}, ("terngrad", None)), ("signsgd", {}, ("signsgd", None)),
           ("qsgd", {}, ("qsgd", "elias")), ("qsgd", {"coding": "fixed"}, ("qsgd", "fixed")),
-          ("stc", {}, ("stc", None))]
+          ("stc", {}, ("stc", None)), ("qsgd", {"norm": "max"}, ("qsgd", "elias"))]
 # A method added since: its declared formula (Method.message_bits) is what it is held to.
 CASES += [(name, {}, None) for name in method_options() if name not in {c[0] for c in CASES}]
 # a variable-length code inside the shared options (subsampling): still measured
@@ -243,6 +243,7 @@ UNBIASED = [("quantize", {"bits": 2}), ("rotated_quantize", {}), ("drive", {}),
 # Every method that declares itself unbiased is held to it, a new one included.
 UNBIASED += [(name, {}) for name in method_options() if name not in {u[0] for u in UNBIASED}
              and _build(name).is_unbiased()]
+UNBIASED += [("qsgd", {"norm": "max"})]
 
 
 @pytest.mark.parametrize(("name", "options"), UNBIASED)
@@ -392,6 +393,7 @@ def test_each_method_checks_its_own_options_in_one_line(group, overrides, messag
     ("qsgd", {"levels": "four"}, "aggregator.levels=four: wrong type"),
     ("qsgd", {"coding": "huffman"}, "aggregator.coding=huffman: must be one of elias_gamma"),
     ("qsgd", {"bucket_size": -1}, "aggregator.bucket_size=-1: must be 0 (the whole tensor)"),
+    ("qsgd", {"norm": "linf"}, "aggregator.norm=linf: is a bucket's scale"),
     ("terngrad", {"clip_sigma": 0.5}, "aggregator.clip_sigma=0.5: is c of the clipping"),
     ("kashin", {"redundancy": 1}, "aggregator.redundancy=1: is the frame's overcompleteness"),
     ("kashin", {"frame_size": 1000}, "aggregator.frame_size=1000: must be a power of two"),
