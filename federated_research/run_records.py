@@ -62,7 +62,8 @@ def load(path: Path) -> list[Run]:
             runs = [_run(json.loads(line)) for line in lines if line.strip()]
     except ReportError:
         raise
-    except (OSError, EOFError, StopIteration, ValueError, TypeError, KeyError) as exc:
+    except (OSError, EOFError, StopIteration, ValueError, TypeError, KeyError,
+            AttributeError) as exc:
         raise ReportError(f"{path} is damaged or not a runs file ({type(exc).__name__}: "
                           f"{exc})") from exc
     if len(runs) != header.get("runs"):
