@@ -100,13 +100,14 @@ def test_clients_sending_the_same_sparse_update_get_it_back_and_nothing_stays_be
         assert np.abs(state.error).max() < 1e-6 and np.abs(state.momentum).max() < 1e-6
 
 
-def _algorithm_1(hashes, rounds, columns: int, k: int, rho: float, weights):
-    """The paper's Algorithm 1, dense numpy: the applied Delta and (S_u, S_e) each round;
-    the tables' mean weighted by `weights`, as the authors' code weights it by examples.
+def _algorithm_1(hashes, rounds, columns: int, k: int, method, weights):
+    """The paper's Algorithm 1 at the method's momentum (its `error_reset`: the paper's
+    subtraction, or the authors' zeroing), dense numpy: the applied Delta and (S_u, S_e)
+    each round; the tables' mean weighted by `weights`, as the authors' code weights it.
     Ties among the estimates are common (coordinates that share their median bucket):
     the lower index goes first, as in tf.math.top_k."""
     where, signs = hashes
-    rows = where.shape[0]
+    rows, rho = where.shape[0], method.momentum
 
     def sketch(x):
         table = np.zeros(rows * columns, np.float64)
@@ -124,23 +125,26 @@ def _algorithm_1(hashes, rounds, columns: int, k: int, rho: float, weights):
         chosen = np.argsort(-np.abs(estimate), kind="stable")[:k]  # ties: the lower index
         delta = np.zeros_like(estimate)
         delta[chosen] = estimate[chosen]
-        error = error - sketch(delta)
+        if method.error_reset == "subtract":  # the paper
+            error = error - sketch(delta)
+        else:  # the authors' code: the error in the buckets of Delta's coordinates
+            error.ravel()[where[:, chosen].ravel()] = 0
         momentum.ravel()[where[:, chosen].ravel()] = 0  # the buckets of Delta's coordinates
         steps.append((delta, momentum.copy(), error.copy()))
     return steps
 
 
-@pytest.mark.parametrize("rows", [3, 4])
-def test_momentum_and_error_accumulation_match_algorithm_1_step_by_step(rows):
+@pytest.mark.parametrize(("rows", "reset"), [(3, "zero"), (4, "zero"), (3, "subtract")])
+def test_momentum_and_error_accumulation_match_algorithm_1_step_by_step(rows, reset):
     rng = np.random.default_rng(4)
-    method, process = _process(rows=rows, columns=100, k=25, momentum=0.9)
+    method, process = _process(rows=rows, columns=100, k=25, momentum=0.9, error_reset=reset)
     sketcher = method.codecs(SHAPES)[0].sketcher
     hashes = tuple(h.numpy() for h in sketcher.hashes())
     rounds = [[(rng.standard_t(3, D) * 0.1).astype(np.float32) for _ in range(3)]
               for _ in range(4)]
     state = process.initialize()
     for (delta, momentum, error), clients in zip(
-            _algorithm_1(hashes, rounds, 100, 25, 0.9, [1.0, 7.0, 2.0]), rounds, strict=True):
+            _algorithm_1(hashes, rounds, 100, 25, method, [1.0, 7.0, 2.0]), rounds, strict=True):
         output = process.next(state, [_split(g) for g in clients], [1.0, 7.0, 2.0])
         state = output.state
         got = np.concatenate([np.ravel(r) for r in output.result])

@@ -6,7 +6,7 @@
     server:   S = sum w_i S_i / sum w_i         the weighted mean of the tables
               S_u <- rho S_u + S;  S_e <- S_e + S_u
               Delta = top-k of the median estimates of S_e
-              S_e <- S_e - S(Delta);  S_u <- 0 in Delta's buckets
+              S_e <- 0 in Delta's buckets (or S_e - S(Delta));  S_u <- 0 in them
               the aggregate is Delta, restored to the model's tensors
 
 The mean is weighted by examples, as the authors' code weights it (each worker's
@@ -60,7 +60,7 @@ class FetchSgdFactory(tff.aggregators.WeightedAggregationFactory):
         server_step = tff.tensorflow.computation(
             zeros.type_signature.result, parts[-1].type_signature.result)(
             server_step_fn(sketcher, self.method.top(sketcher.size), self.method.momentum,
-                           specs))
+                           self.method.error_reset == "subtract", specs))
 
         @tff.federated_computation(init_fn.type_signature.result,
                                    tff.FederatedType(value_type, tff.CLIENTS),
@@ -95,7 +95,7 @@ def _mean_table(sketcher: CountSketch, message_type):
     return zero(), accumulate, merge, report
 
 
-def server_step_fn(sketcher: CountSketch, k: int, rho: float, specs):
+def server_step_fn(sketcher: CountSketch, k: int, rho: float, subtract: bool, specs):
     """(state, mean table) -> (new state, Delta in the shapes of `specs`): the server's
     half of Algorithm 1, in TensorFlow."""
     top = TopKCodec((sketcher.size,), k / sketcher.size)  # its fast exact top-k of k
@@ -107,7 +107,10 @@ def server_step_fn(sketcher: CountSketch, k: int, rho: float, specs):
         estimate = sketcher.estimate(error, hashes)
         chosen = top._top(tf.abs(estimate))
         values = tf.gather(estimate, chosen)
-        error = error - sketcher.sketch_sparse(chosen, values, hashes)
+        if subtract:  # the paper's Algorithm 1
+            error = error - sketcher.sketch_sparse(chosen, values, hashes)
+        else:  # the authors' code: what shares a bucket with Delta is dropped too
+            error = sketcher.zero_buckets(error, chosen, hashes)
         momentum = sketcher.zero_buckets(momentum, chosen, hashes)
         delta = tf.scatter_nd(chosen[:, None], values, [sketcher.size])
         return SketchState(momentum, error), restore([delta], specs)
