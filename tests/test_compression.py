@@ -401,6 +401,7 @@ def test_each_method_checks_its_own_options_in_one_line(group, overrides, messag
     ("stc", {"fraction": 1.5}, "aggregator.fraction=1.5: is the fraction of coordinates kept"),
     ("stc", {"error_feedback": "ef99"}, "aggregator.error_feedback=ef99: must be one of none"),
     ("signsgd", {"step": 0}, "aggregator.step=0: is how far the vote moves"),
+    ("fetchsgd", {"error_reset": "halve"}, "aggregator.error_reset=halve: is what applying"),
     ("eden", {"bits": 9}, "aggregator.bits=9: is the bits a coordinate"),
 ])
 def test_the_baseline_methods_check_their_options_in_one_line(name, overrides, message):
