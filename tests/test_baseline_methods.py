@@ -168,7 +168,7 @@ def test_qsgd_variance_is_the_papers_exact_rounding_variance(norm):
     with `norm: max` the scale is max |v_i| in place of ||v||, far less error at few levels."""
     v = np.random.default_rng(4).standard_t(3, 2048).astype(np.float32)
     scale = np.linalg.norm(v) if norm == "l2" else np.max(np.abs(v))
-    for levels in (1, 4):
+    for levels in (1, 4) if norm == "l2" else (4,):
         codec = _method("qsgd", levels=levels, bucket_size=0, norm=norm).codec((2048,))
         r = levels * np.abs(v) / scale
         p = r - np.floor(r)
@@ -176,7 +176,7 @@ def test_qsgd_variance_is_the_papers_exact_rounding_variance(norm):
         roundtrip = tf.function(lambda seed, c=codec: c.decode(c.encode(tf.constant(v), seed),
                                                                None))
         errors = [float(np.sum((roundtrip(tf.constant([i, 1])).numpy() - v) ** 2))
-                  for i in range(300)]
+                  for i in range(60)]
         assert np.mean(errors) == pytest.approx(exact, rel=0.12)
         assert exact <= min(2048 / levels**2, math.sqrt(2048) / levels) * np.sum(v**2)
         if norm == "max":  # the experiments' scale: a fraction of the analysed one's error

@@ -134,7 +134,7 @@ def _algorithm_1(hashes, rounds, columns: int, k: int, method, weights):
     return steps
 
 
-@pytest.mark.parametrize(("rows", "reset"), [(3, "zero"), (4, "zero"), (3, "subtract")])
+@pytest.mark.parametrize(("rows", "reset"), [(3, "zero"), (4, "subtract")])  # odd, even rows
 def test_momentum_and_error_accumulation_match_algorithm_1_step_by_step(rows, reset):
     rng = np.random.default_rng(4)
     method, process = _process(rows=rows, columns=100, k=25, momentum=0.9, error_reset=reset)
