@@ -6,6 +6,7 @@ import contextlib
 import copy
 import functools
 import os
+import runpy
 import shutil
 import signal
 import socket
@@ -93,6 +94,31 @@ def cli_env(mlflow_uri: str | None) -> dict[str, str]:
     if mlflow_uri:
         env["MLFLOW_TRACKING_URI"] = mlflow_uri
     return env
+
+
+@pytest.fixture
+def run_script(monkeypatch, capsys):
+    """Run one of scripts/*.py as `python scripts/<name> <args>` would, but in this
+    process: its imports (TensorFlow, TFF, MLflow) are paid already, ~10 CPU-s a run.
+    Its TFF context is the one this session installed (a script installs a worker of its
+    own). Returns (exit code, stdout, stderr)."""
+    from federated_research import runtime
+
+    monkeypatch.setattr(runtime, "install_default_context", lambda service: None)
+
+    def run(name: str, *args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", [name, *args])
+        try:
+            runpy.run_path(str(REPO / "scripts" / name), run_name="__main__")
+            code = 0
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else 1
+            if not isinstance(stop.code, int | None):
+                print(stop.code, file=sys.stderr)
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
 
 
 @pytest.fixture

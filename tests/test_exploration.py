@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import matplotlib.image
 import numpy as np
 import pytest
@@ -12,7 +9,7 @@ from mlflow import MlflowClient
 
 from federated_research.data.mnist import load_mnist
 from federated_research.exploration import summarize
-from tests.conftest import REPO, cli_env, write_shakespeare_cache
+from tests.conftest import write_shakespeare_cache
 
 FIGURES = ["client_label_histograms.png", "examples_per_client.png", "label_mean_images.png"]
 
@@ -30,35 +27,24 @@ def test_summary_counts_every_clients_labels_and_keeps_pixels_of_the_first():
     assert summary.describe()["labels_per_client_mean"] <= 4  # two shards of sorted labels
 
 
-def test_the_script_refuses_text_in_one_line(tmp_path, monkeypatch, capsys):
-    import importlib.util
-
-    from federated_research import runtime
-
+def test_the_script_refuses_text_in_one_line(tmp_path, run_script):
     write_shakespeare_cache(tmp_path)
-    monkeypatch.setattr(runtime, "install_default_context", lambda service: None)  # conftest's
-    spec = importlib.util.spec_from_file_location("explore_data",
-                                                  REPO / "scripts" / "explore_data.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    monkeypatch.setattr(sys, "argv", ["explore_data.py", "dataset=shakespeare",
-                                      f"dataset.cache_dir={tmp_path}", "--out", str(tmp_path)])
-    assert script.main() == 2
-    err = capsys.readouterr().err
+    code, _, err = run_script("explore_data.py", "dataset=shakespeare",
+                              f"dataset.cache_dir={tmp_path}", "--out", str(tmp_path))
+    assert code == 2
     assert err.startswith("error: dataset: inputs of shape (100,) are not images")
     assert err.count("\n") == 1
 
 
 @pytest.mark.slow
-def test_script_writes_the_figures_and_logs_them_to_mlflow(tmp_path):
+def test_script_writes_the_figures_and_logs_them_to_mlflow(tmp_path, monkeypatch, run_script):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    done = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "explore_data.py"), "dataset.num_clients=7",
-         "--out", str(tmp_path / "figs"), "--clients", "3", "--mlflow-experiment", "explore",
-         "--mlflow-uri", uri], cwd=tmp_path, env=cli_env(None), capture_output=True, text=True,
-        timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "alembic" not in done.stdout + done.stderr  # a new store, quietly
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_script("explore_data.py", "dataset.num_clients=7",
+                                "--out", str(tmp_path / "figs"), "--clients", "3",
+                                "--mlflow-experiment", "explore", "--mlflow-uri", uri)
+    assert code == 0, err[-3000:]
+    assert "alembic" not in out + err  # a new store, quietly
     for name in FIGURES:
         image = matplotlib.image.imread(tmp_path / "figs" / name)
         assert image.shape[0] > 200 and image.shape[1] > 400

@@ -153,15 +153,14 @@ def test_the_presets_compose(preset):
 
 @pytest.mark.slow
 def test_a_pretrained_file_is_fine_tuned_saved_back_and_generates(tmp_path, cache_dir,
-                                                                   mlflow_uri):
+                                                                   mlflow_uri, run_script):
     pre = tmp_path / "pre.keras"
-    done = subprocess.run(
-        [sys.executable, "scripts/pretrain_char_model.py", "--cache-dir", str(cache_dir),
-         "--out", str(pre), "--embedding-dim", "4", "--rnn-units", "8", "--seq-length", "20",
-         "--steps", "3", "--batch-size", "2"],
-        cwd=REPO, env=cli_env(None), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "held-out loss" in done.stdout and "model.path=" in done.stdout
+    code, out, err = run_script(
+        "pretrain_char_model.py", "--cache-dir", str(cache_dir), "--out", str(pre),
+        "--embedding-dim", "4", "--rnn-units", "8", "--seq-length", "20", "--steps", "3",
+        "--batch-size", "2")
+    assert code == 0, err[-3000:]
+    assert "held-out loss" in out and "model.path=" in out
     plain = tf.keras.models.load_model(str(pre))  # Keras alone reads it, without our classes
     assert plain.output_shape[-1] == VOCAB_SIZE
 
@@ -195,12 +194,11 @@ def test_a_pretrained_file_is_fine_tuned_saved_back_and_generates(tmp_path, cach
     assert text.startswith("Hark") and len(text) == 44
     assert generate(model, "Hark", length=40, temperature=1.0, seed=3) == text
     assert generate(model, "Hark", length=40, temperature=1.0, seed=4) != text
-    done = subprocess.run(
-        [sys.executable, "scripts/generate_text.py", "--run", run.info.run_id, "--prompt",
-         "Hark", "--length", "40", "--seed", "3", "--mlflow-uri", mlflow_uri],
-        cwd=REPO, env=cli_env(None), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.rstrip("\n") == text  # by run id: the same model, the same text
+    code, out, err = run_script("generate_text.py", "--run", run.info.run_id, "--prompt",
+                                "Hark", "--length", "40", "--seed", "3", "--mlflow-uri",
+                                mlflow_uri)
+    assert code == 0, err[-3000:]
+    assert out.rstrip("\n") == text  # by run id: the same model, the same text
 
 
 def test_the_tutorial_model_is_mapped_onto_our_ids(tmp_path, monkeypatch):

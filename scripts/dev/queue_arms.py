@@ -2,9 +2,12 @@
 """Development tool: run a comparison preset's arms x seeds as single runs, a few at a
 time, into one MLflow store, resumably. Not part of the public contract.
 
-    .venv/bin/python scripts/dev/queue_arms.py compression_vs_baseline_emnist \
-        sqlite:////tmp/cvb/femnist.db /tmp/cvb --seeds 0,1,2 --jobs 2 \
-        -- dataset.cache_dir=/tmp/tff_cache
+    .venv/bin/python scripts/dev/queue_arms.py --seeds 0,1,2 --jobs 2 \
+        compression_vs_baseline_emnist sqlite:////tmp/cvb/femnist.db /tmp/cvb \
+        dataset.cache_dir=/tmp/tff_cache
+
+(options first: argparse gives the words after the three positionals to `overrides`;
+`--skip fetchsgd` holds back the jobs whose name matches.)
 
 Why not `-m experiment=...`: a 72-job study outlasts a working session here, and a
 multirun cannot be resumed. This runs each job of the preset's arms sweeper as a
@@ -84,6 +87,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--done-in", type=Path, action="append", default=[],
                         help="a compare_runs.py --export file: its runs count as done")
+    parser.add_argument("--skip", default=None,
+                        help="a regular expression: jobs whose name matches wait")
     parser.add_argument("overrides", nargs="*", help="after --: added to every job")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -96,7 +101,8 @@ def main() -> None:
         tried = {run.name for path in args.done_in for run in run_records.load(path)}
     while not (args.out / "STOP").exists():
         done, busy = finished(args.store), running()
-        todo = [j for j in jobs(seeds) if j[0] not in done | busy | tried]
+        todo = [j for j in jobs(seeds) if j[0] not in done | busy | tried
+                and not (args.skip and re.search(args.skip, j[0]))]
         if not todo and not busy:
             break
         if todo and len(busy) < args.jobs:
