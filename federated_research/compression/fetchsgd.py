@@ -35,8 +35,10 @@ mass the clients add each round; so `zero` is the default.
 `columns` and `k` are a fraction of d, the model's number of weights, if below 1,
 else a count; the defaults are the authors' code's (5 rows, 500,000 columns and
 k = 50,000 for their ResNet9 of about 6.5 M weights); rho = 0.9 is the paper's.
-The momentum makes the long-run step up to 1 / (1 - rho) times the mean update:
-with FedAvg's deltas, give the server optimizer a learning rate near 1 - rho.
+The momentum makes the long-run step up to 1 / (1 - rho) times the mean update, but
+only k coordinates move a round: with a small k the server's learning rate must be
+larger, not smaller (FEMNIST-300, k = 0.002 d: 3 was the best of 0.1 to 10, see
+docs/explanation/compression.md).
 
 Round time (`scripts/bench_aggregators.py mean fetchsgd --rounds 4`, the CNN, 10
 clients, 2 shared cores): 2.94 s against `mean`'s 0.79 s, 3.7x, not the 1.15x the
