@@ -25,6 +25,7 @@ the table in its description, so the MLflow UI shows the answer.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
@@ -249,11 +250,63 @@ def _mean(values) -> float | None:
     return statistics.fmean(values) if values else None
 
 
+def _option_defaults(group: str, choice: str) -> dict[str, str]:
+    """`<group>.<option>` -> its default, as a logged param, from conf/<group>/<choice>.yaml."""
+    import yaml
+
+    from federated_research.config import CONF_DIR
+
+    path = CONF_DIR / group / f"{choice}.yaml"
+    if not path.is_file():
+        return {}
+    flat: dict[str, str] = {}
+
+    def walk(prefix: str, node) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(f"{prefix}.{key}", value)
+            elif key != "defaults" and not isinstance(value, list):
+                flat[f"{prefix}.{key}"] = str(value)
+
+    walk(group, yaml.safe_load(path.read_text()) or {})
+    return flat
+
+
+def at_new_defaults(runs: list[Run]) -> tuple[list[Run], dict[str, int]]:
+    """Runs made before one of their method's options existed have no param for it, so
+    they would stand apart from the later runs of the same configuration. Where another
+    run of the same group choice logged that option, and the option's default (its YAML)
+    is what the later runs used, the older run gets the default: the option's default is
+    what the code did before it existed. Returns new runs (the given ones are not changed)
+    and how many runs each filled option concerned, for the report to say."""
+    logged: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for run in runs:
+        for group in ("aggregator", "distributor"):
+            logged[group, run.choices.get(group, "")] |= {
+                k for k in run.params if k.startswith(f"{group}.")}
+    filled: dict[str, int] = defaultdict(int)
+    out = []
+    for run in runs:
+        params = dict(run.params)
+        for group in ("aggregator", "distributor"):
+            choice = run.choices.get(group)
+            if not choice:
+                continue
+            missing = logged[group, choice] - set(params)
+            for key, default in _option_defaults(group, choice).items():
+                if key in missing:
+                    params[key] = default
+                    filled[key] += 1
+        out.append(dataclasses.replace(run, params=params) if params != run.params else run)
+    return out, dict(filled)
+
+
 def summarise(runs: list[Run], target: float | None = None,
               budget: float | str = "25%") -> tuple[list[dict], dict]:
     """One row per configuration; returns the rows and the target and budget used."""
     if not runs:
         raise ReportError("no FINISHED run to report on")
+    runs, filled = at_new_defaults(runs)
     configs: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
         configs[run.config_key].append(run)
@@ -322,7 +375,8 @@ def summarise(runs: list[Run], target: float | None = None,
             "update_nmse": _mean(_mean(r.update_nmse) for r in group),
             "rounds": max((max(r.accuracy) + 1 for r in group if r.accuracy), default=0)})
     rows.sort(key=lambda r: (-(r["up_bits"] or 0), r["config"]))
-    return rows, {"target": target, "budget": budget, "configs": configs, "labels": labels}
+    return rows, {"target": target, "budget": budget, "configs": configs, "labels": labels,
+                  "filled": filled}
 
 
 COLUMNS = [("config", "configuration", "{}"), ("seeds", "seeds", "{}"),
@@ -379,8 +433,15 @@ def plateau_note(rows: list[dict]) -> str:
     return " ".join(notes)
 
 
+def filled_note(settings: dict) -> str:
+    """Which runs predate an option and were counted at its default (`at_new_defaults`)."""
+    filled = settings.get("filled") or {}
+    return " ".join(f"{n} run(s) made before `{key}` existed are counted at its default."
+                    for key, n in sorted(filled.items()))
+
+
 def markdown(rows: list[dict], settings: dict) -> str:
-    note = plateau_note(rows)
+    note = " ".join(n for n in (plateau_note(rows), filled_note(settings)) if n)
     lines = [f"Target accuracy {settings['target']:.3f}; uplink budget "
              f"{settings['budget']:,.0f} bits. Ratios and d acc are against each "
              "configuration's `mean` baseline, paired by seed; 95% CI: Student's t "
@@ -407,7 +468,7 @@ def text_table(rows: list[dict], settings: dict) -> str:
                                for i, (c, w) in enumerate(zip(row, widths, strict=True))))
         if n == 0:
             lines.append("-" * len(lines[-1]))
-    note = plateau_note(rows)
+    note = " ".join(n for n in (plateau_note(rows), filled_note(settings)) if n)
     return "\n".join(lines + ([note] if note else []))
 
 

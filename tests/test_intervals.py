@@ -109,3 +109,23 @@ def test_the_report_says_whether_the_baseline_was_still_rising():
         assert ("not told apart from the seeds' noise" in table) is not still
         line = next(row for row in table.splitlines() if row.startswith("| mean"))
         assert ("rising" in line) is still and f"{want.mean:+.2f} [" in line
+
+
+def test_a_run_made_before_an_option_existed_pools_at_its_default_and_the_report_says_so():
+    """qsgd's `norm` came after its seed-0 run: that run logged no `aggregator.norm`. At the
+    option's default (conf/aggregator/qsgd.yaml: l2) it is the same configuration; at any
+    other value it is not."""
+    curve = {0: 0.5, 1: 0.8}
+    base = [_run(seed, "mean", curve, 100.0) for seed in (0, 1, 2)]
+    old = _run(0, "qsgd", curve, 5.0)
+    later = [_run(seed, "qsgd", curve, 5.0) for seed in (1, 2)]
+    for run in later:
+        run.params["aggregator.norm"] = "l2"
+    rows, settings = summarise([*base, old, *later], target=0.7)
+    assert {r["config"]: r["seeds"] for r in rows} == {"mean": 3, "qsgd": 3}
+    assert "aggregator.norm" not in old.params  # the caller's runs are left as they were
+    assert "1 run(s) made before `aggregator.norm` existed" in markdown(rows, settings)
+
+    later[0].params["aggregator.norm"] = "max"  # QSGDinf: another configuration
+    rows, settings = summarise([*base, old, *later], target=0.7)
+    assert sorted(r["seeds"] for r in rows) == [1, 2, 3]
