@@ -275,10 +275,11 @@ def _option_defaults(group: str, choice: str) -> dict[str, str]:
 def at_new_defaults(runs: list[Run]) -> tuple[list[Run], dict[str, int]]:
     """Runs made before one of their method's options existed have no param for it, so
     they would stand apart from the later runs of the same configuration. Where another
-    run of the same group choice logged that option, and the option's default (its YAML)
-    is what the later runs used, the older run gets the default: the option's default is
-    what the code did before it existed. Returns new runs (the given ones are not changed)
-    and how many runs each filled option concerned, for the report to say."""
+    run of the same group choice logged that option, the older run gets the option's
+    default from its YAML: a new option's default is what the code did before it existed
+    (so the older run pools with the later runs at the default, and only with them).
+    Returns new runs (the given ones are not changed) and how many runs each filled
+    option concerned, for the report to say."""
     logged: dict[tuple[str, str], set[str]] = defaultdict(set)
     for run in runs:
         for group in ("aggregator", "distributor"):
