@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from federated_research import feedback_gain
+from federated_research.flat import flatten
 from federated_research.intervals import spread, t_interval
 from federated_research.tracking.mlflow_sink import store_call
 from federated_research.tracking.sweep import (
@@ -259,17 +260,10 @@ def _option_defaults(group: str, choice: str) -> dict[str, str]:
     path = CONF_DIR / group / f"{choice}.yaml"
     if not path.is_file():
         return {}
-    flat: dict[str, str] = {}
-
-    def walk(prefix: str, node) -> None:
-        for key, value in node.items():
-            if isinstance(value, dict):
-                walk(f"{prefix}.{key}", value)
-            elif key != "defaults" and not isinstance(value, list):
-                flat[f"{prefix}.{key}"] = str(value)
-
-    walk(group, yaml.safe_load(path.read_text()) or {})
-    return flat
+    options = yaml.safe_load(path.read_text()) or {}
+    options.pop("defaults", None)
+    return {key: str(value) for key, value in flatten({group: options}).items()
+            if not isinstance(value, list)}
 
 
 def at_new_defaults(runs: list[Run]) -> tuple[list[Run], dict[str, int]]:
