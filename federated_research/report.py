@@ -8,11 +8,18 @@ learning rates, rounds, data...). Per configuration, over its seeds:
 
   eval acc, +-        final eval accuracy: mean and standard deviation over seeds
   d acc (pts)         mean over seeds of (run - baseline run of the same seed), in points
+  95% CI (pts)        Student's t interval of that paired mean (intervals.py); `n.s.`
+                      where it holds 0: not told apart from the baseline
+  gain, last 25%      points gained over the last quarter of the rounds, with `rising`
+                      where its interval is above 0 (not plateaued)
   up/down bits        cumulative bits, all clients and rounds (mean over seeds)
   up/down ratio       baseline bits / these bits (how many times fewer)
-  up bits/coord       bits one client uploads a round / model parameters
+  up bits/coord       bits one client uploads a round / model parameters, over
+                      the run (measured, for variable-length codes)
   bits to target      cumulative uplink bits when eval accuracy first reached the target
                       (mean over the seeds that reached it, `(k/n seeds)` if not all did)
+  rounds to target    rounds trained by then (+- their standard deviation over seeds;
+                      as fine as `eval_every`)
   acc at budget       the last eval accuracy logged within the uplink budget
   time ratio          median round seconds / the baseline's (same seed), mean over seeds
   update nmse         mean over rounds of comm/update_nmse (the aggregate's error)
@@ -42,8 +49,7 @@ from federated_research.tracking.sweep import (
     PARENT_TAG,
     SweepInfo,
     all_experiments,
-    key_label,
-    value_text,
+    key_value_label,
 )
 
 GROUPS = ("dataset", "model", "aggregator", "distributor", "algorithm", "client_optimizer",
@@ -114,6 +120,17 @@ class Run:
         cut = (last + 1) * (1 - fraction) - 1
         earlier = [s for s in self.accuracy if s <= cut]
         return 100 * (self.accuracy[last] - self.accuracy[max(earlier)]) if earlier else None
+
+    def up_bits_per_coordinate(self) -> float | None:
+        """Uplink model bits a client sent a round, per model parameter, averaged over
+        the run: its cumulative comm/aggregated_bits over (rounds x clients a round x
+        parameters). For a fixed-width message that is its declared size; for a
+        variable-length code (qsgd, stc) it is what the codes really took, which the
+        fixed part in comm_bits.json leaves out."""
+        clients = self.params.get("clients_per_round")
+        if not (self.up and self.parameters and clients):
+            return None
+        return self.up[max(self.up)] / ((max(self.up) + 1) * int(clients) * self.parameters)
 
     def accuracy_within(self, budget: float) -> float | None:
         inside = [s for s in sorted(self.accuracy) if self.up.get(s, float("inf")) <= budget]
@@ -209,13 +226,17 @@ def _labels(configs: dict[tuple, list[Run]]) -> dict[tuple, str]:
         parts = [first.choices.get(g, "?") for g in groups
                  if not (g == "distributor" and first.choices.get(g) == "plain")]
         # Keys under a group whose option differs are said by the option, unless they
-        # also differ between configurations of the same option (topk at 1% and 0.1%).
-        siblings = [q for q, f in zip(params, firsts, strict=True)
-                    if all(f.choices.get(g) == first.choices.get(g) for g in groups)]
+        # also differ between configurations of the same option of that group (topk at
+        # 1% and 0.1%; eden at 1 bit, and at 0.95 with a compressing downlink).
+        def varies_within_option(n: str, first=first) -> bool:
+            group = n.split(".")[0]
+            return len({q.get(n) for q, f in zip(params, firsts, strict=True)
+                        if f.choices.get(group) == first.choices.get(group)}) > 1
+
         shown = [n for n in differing if not n.endswith("._target_") and (
-            n.split(".")[0] not in groups or len({q.get(n) for q in siblings}) > 1)]
+            n.split(".")[0] not in groups or varies_within_option(n))]
         for n in shown:
-            parts.append(f"{key_label(n, shown)}{value_text(_number(p.get(n, '-')))}")
+            parts.append(key_value_label(n, _number(p.get(n, "-")), shown))
         labels[key] = "-".join(parts) or first.choices.get("aggregator", "run")
     return labels
 
@@ -330,8 +351,6 @@ def summarise(runs: list[Run], target: float | None = None,
         to_target = [r.bits_to(target) for r in group]
         bits_spread = spread(to_target)
         rounds_spread = spread(r.rounds_to(target) for r in group)
-        first = group[0]
-        params = first.parameters
         accuracy_ci = t_interval(accuracies)
         late = t_interval(r.late_gain() for r in group)
         delta = t_interval(100 * (r.final_accuracy - b.final_accuracy) for r, b in paired
@@ -355,8 +374,7 @@ def summarise(runs: list[Run], target: float | None = None,
             "up_bits": up, "down_bits": down,
             "up_ratio": base_up / up if base_up and up else None,
             "down_ratio": base_down / down if base_down and down else None,
-            "up_bits_per_coord": (first.per_client["model_up"] / params
-                                  if params and "model_up" in first.per_client else None),
+            "up_bits_per_coord": _mean(r.up_bits_per_coordinate() for r in group),
             "bits_to_target": bits_spread[0],  # over the seeds that reached it
             "bits_to_target_std": bits_spread[1],
             "rounds_to_target": rounds_spread[0], "rounds_to_target_std": rounds_spread[1],

@@ -129,3 +129,62 @@ def test_a_run_made_before_an_option_existed_pools_at_its_default_and_the_report
     later[0].params["aggregator.norm"] = "max"  # QSGDinf: another configuration
     rows, settings = summarise([*base, old, *later], target=0.7)
     assert sorted(r["seeds"] for r in rows) == [1, 2, 3]
+
+
+def test_bits_a_coordinate_are_what_the_runs_sent_variable_length_codes_included():
+    """On the FEMNIST-300 runs in docs/data (real runs, every round's bits logged): for a
+    fixed-width message the figure is its declared per-client size over the parameters
+    (comm_bits.json), reached from the logged totals; for the variable-length codes
+    (qsgd's Elias codes, stc's Golomb-coded positions) it is what the codes took, far
+    above the fixed part that comm_bits.json declares."""
+    from federated_research import run_records
+    from tests.conftest import REPO
+
+    runs = run_records.load(REPO / "docs" / "data" / "compression_vs_baseline_emnist.jsonl.gz")
+    rows, settings = summarise(runs)
+    checked = set()
+    for row in rows:
+        run = next(r for r in runs if r.run_id == row["runs"][0])
+        declared = run.per_client["model_up"] / run.parameters
+        method = run.choices["aggregator"]
+        if method in ("qsgd", "stc"):
+            assert 2 * declared < row["up_bits_per_coord"] < 1.2, row["config"]
+        else:
+            assert row["up_bits_per_coord"] == pytest.approx(declared, rel=1e-9), row["config"]
+        checked.add(method)
+    assert {"mean", "drive", "qsgd", "stc", "powersgd"} <= checked
+
+
+def test_the_plots_draw_each_configurations_95_percent_interval():
+    """The Pareto plot's error bar and the rate-accuracy plot's band at the last round
+    span the t interval over the seeds' final accuracies, not one standard deviation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from federated_research.report import _plot_pareto, _plot_rate_accuracy
+
+    finals = {"mean": [0.90, 0.93, 0.91], "topk": [0.80, 0.86, 0.85]}
+    runs = [_run(seed, name, {0: 0.5, 1: 0.7, 2: 0.8, 3: final}, bits)
+            for name, bits in (("mean", 100.0), ("topk", 10.0))
+            for seed, final in enumerate(finals[name])]
+    rows, settings = summarise(runs, target=0.85)
+    colors = {row["config"]: "C0" for row in rows}
+    want = {name: t_interval(values) for name, values in finals.items()}
+    assert want["mean"].half_width > 2 * np.std(finals["mean"], ddof=1)  # told apart
+
+    pareto = _plot_pareto(rows, colors, "t").axes[0]
+    bars = {}
+    for container in pareto.containers:
+        ((x, low), (_, high)), = container.lines[2][0].get_segments()
+        bars[x] = (low, high)
+    for row in rows:
+        name = row["config"]
+        assert bars[row["up_bits"]] == pytest.approx((want[name].low, want[name].high)), name
+
+    by_label = {settings["labels"][k]: group for k, group in settings["configs"].items()}
+    rate = _plot_rate_accuracy(rows, settings, by_label, colors, "t").axes[0]
+    for row, band in zip(rows, rate.collections, strict=True):
+        last_bits = 4 * (100.0 if row["config"] == "mean" else 10.0)
+        ys = [y for x, y in band.get_paths()[0].vertices if x == pytest.approx(last_bits)]
+        name = row["config"]
+        assert (min(ys), max(ys)) == pytest.approx((want[name].low, want[name].high)), name

@@ -36,6 +36,10 @@ GROUPS = ["dataset", "model", "aggregator", "distributor", "optimizer@client_opt
      "client_lr0.0123-server_lr1.5"),
     (["optimizer@client_optimizer=adam", "seed=0"], ["optimizer@client_optimizer"],
      "client_optimizer-adam"),
+    (["aggregator=powersgd", "aggregator.error_feedback=false"],
+     ["aggregator", "aggregator.error_feedback"], "powersgd-no_error_feedback"),
+    (["server_optimizer.learning_rate=3", "aggregator=fetchsgd"],
+     ["server_optimizer.learning_rate", "aggregator"], "server_lr3-fetchsgd"),
     (["rounds=2"], [], None),
 ])
 def test_a_job_is_named_by_what_differs_in_its_sweep(overrides, swept, name):

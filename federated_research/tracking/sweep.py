@@ -123,9 +123,12 @@ def swept_keys(hydra_cfg: DictConfig) -> list[str]:
 
 
 def key_label(key: str, taken: list[str]) -> str:
-    """`lr` for client_optimizer.learning_rate; `client_lr` if server_lr is also in `taken`."""
+    """`lr` for client_optimizer.learning_rate; `client_lr` if server_lr is also in
+    `taken`; `server_lr` always for the server's (a bare `lr` reads as the client's)."""
     last = key.split("@")[-1].split(".")[-1]
     short = _SHORT.get(last, last)
+    if short == "lr" and key.split("@")[-1].startswith("server_optimizer"):
+        return "server_lr"
     if sum(_SHORT.get(k.split(".")[-1], k.split(".")[-1]) == short for k in taken) > 1:
         short = f"{key.split('.')[0].split('_')[0]}_{short}"  # client_lr, server_lr
     return short
@@ -136,6 +139,17 @@ def value_text(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.3g}"
     return str(value)
+
+
+def key_value_label(key: str, value: object, taken: list[str]) -> str:
+    """`lr0.1`, `top0.02`; `ef14` for a key whose value names itself, and for a switch
+    without a short name the switch's name (`error_feedback`, `no_error_feedback`), since
+    a bare `False` says nothing."""
+    short = key_label(key, taken)
+    if not short and str(value) in ("True", "False", "true", "false"):
+        last = key.split("@")[-1].split(".")[-1]
+        return last if str(value).lower() == "true" else f"no_{last}"
+    return f"{short}{value_text(value)}"
 
 
 def job_run_name(task_overrides: list[str], swept: list[str], groups: list[str]) -> str | None:
@@ -155,7 +169,7 @@ def job_run_name(task_overrides: list[str], swept: list[str], groups: list[str])
             prefix = key.split("@")[1] + "-" if "@" in key else ""
             parts.append(f"{prefix}{value}")
         else:
-            parts.append(f"{key_label(key, swept)}{value_text(value)}")
+            parts.append(key_value_label(key, value, swept))
     return "-".join(parts) or None
 
 
