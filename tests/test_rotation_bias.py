@@ -151,6 +151,17 @@ def test_unbiased_tensor_by_tensor(setting, synthetic, cnn_update):
                      **(_bias(method, dense, seeds["dense"]) if seeds["dense"] else {})})
 
 
+def test_tiny_tensors_closely(synthetic, cnn_update):
+    """The tensors the one-round rotation failed most (10 to 64 elements: 11% of the norm
+    on the CNN's output bias, 3-5% on the others) with 12,000 decodings of DRIVE, whose
+    rotation every rotated method shares: floors of 0.2-0.7%, so a bias of 2.2% fails."""
+    tiny = {k: v for k, v in {**synthetic, **cnn_update}.items() if v.size <= 64}
+    assert sorted(v.size for v in tiny.values()) == [10, 10, 32, 32, 64, 64]
+    results = _bias(_method("drive"), tiny, 12_000)
+    assert max(floor for _, floor in results.values()) < 0.0075
+    _check("drive, tiny tensors", results)
+
+
 def test_the_statistic_sees_a_bias():
     """The minimum-error scales shrink the estimate (by eps_b on average): held to the
     same limit, they fail, so a pass above is not for want of power."""
@@ -171,12 +182,20 @@ def _vnmse(codec, x: np.ndarray, seeds: int = 4) -> float:
     return float(np.mean(errors))
 
 
+INPUTS = {"normal": lambda rng, d: rng.normal(size=d),
+          "lognormal(2)": lambda rng, d: rng.lognormal(0, 2, d),  # kurtosis in the thousands
+          "student-t(2)": lambda rng, d: rng.standard_t(2, d)}  # infinite variance
+
+
+@pytest.mark.parametrize("kind", INPUTS)
 @pytest.mark.parametrize("bits", [1, 2, 2.5, 3, 4])
-def test_eden_error_is_the_papers(bits):
+def test_eden_error_is_the_papers(bits, kind):
     """vNMSE -> 1/eps_b - 1 (unbiased) and 1 - eps_b (biased) for large blocks, eps_b =
     E[Z Q_b(Z)]; a split budget mixes the two widths' eps. b = 1 is DRIVE's pi/2 - 1 and
-    1 - 2/pi. d = 2**15 in 4096-blocks of a randomised Hadamard rotation: within 3%."""
-    x = np.random.default_rng(2).normal(size=2**15)
+    1 - 2/pi. d = 2**15 in 4096-blocks of a randomised Hadamard rotation, within 3%,
+    on heavy tails too: the paper's figure assumes a uniform rotation, which the two
+    Hadamard rounds stand in for."""
+    x = INPUTS[kind](np.random.default_rng(2), 2**15)
     low, frac = math.floor(bits), bits - math.floor(bits)
     e = (1 - frac) * eps(low) + frac * eps(low + 1)
     assert _vnmse(EdenCodec(x.shape, bits, 4096, True), x) == pytest.approx(1 / e - 1, rel=0.03)
@@ -187,6 +206,22 @@ def test_eden_error_is_the_papers(bits):
                                                                          rel=0.03)
         assert _vnmse(DriveCodec(x.shape, 4096, False), x) == pytest.approx(1 - 2 / math.pi,
                                                                           rel=0.03)
+
+
+@pytest.mark.parametrize(("name", "overrides", "paper"), [
+    ("drive", {}, math.pi / 2 - 1), ("drive", {"unbiased": False}, 1 - 2 / math.pi),
+    ("eden", {"bits": 2}, 1 / eps(2) - 1), ("eden", {"bits": 2, "unbiased": False}, 1 - eps(2)),
+    ("eden", {"bits": 4}, 1 / eps(4) - 1)])
+def test_the_error_on_a_real_cnn_update_is_the_papers(name, overrides, paper, cnn_update):
+    """The method as configured (its own blocks) on the CNN's two large kernels after a
+    few SGD steps (51,200 and 1,605,632 coordinates, heavy-tailed): the paper's vNMSE
+    within 3% (measured: 0.6-1.6% off)."""
+    method = _method(name, **overrides)
+    large = {k: v for k, v in cnn_update.items() if v.size > 20_000}
+    assert len(large) == 2
+    for k, x in large.items():
+        got = _vnmse(method.codec((x.size,)), x.ravel(), seeds=2)
+        assert got == pytest.approx(paper, rel=0.03), k
 
 
 def test_eden_levels_are_the_authors():
