@@ -41,8 +41,8 @@ larger, not smaller (FEMNIST-300, k = 0.002 d: 3 was the best of 0.1 to 10, see
 docs/explanation/compression.md).
 
 Round time (`scripts/bench_aggregators.py mean fetchsgd --rounds 4`, the CNN, 10
-clients, 2 shared cores): 2.94 s against `mean`'s 0.79 s, 3.7x, not the 1.15x the
-other methods aim at. The cost is the sketch itself, paid by every client: hashing
+clients, 2 cores, idle): 2.80 s against `mean`'s 0.91 s, 3.06x (3.7x on shared cores),
+not the 1.15x the other methods aim at. The cost is the sketch itself, paid by every client: hashing
 and adding r d = 8.3 M signed values (~210 ms a client, count_sketch.py), then the
 server's estimate of all d coordinates (~200 ms with the hashes and the top-k). It
 scales with `rows`: one row costs about a fifth.
