@@ -32,6 +32,7 @@ the table in its description, so the MLflow UI shows the answer.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
@@ -214,15 +215,35 @@ def load_runs(uri: str, experiment: str | None = None, parent: str | None = None
 
 
 def _labels(configs: dict[tuple, list[Run]]) -> dict[tuple, str]:
-    """A name per configuration from what differs between them: `drive`, `lr0.1-mean`."""
-    keys = list(configs)
-    params = [dict(k) for k in keys]
-    names = sorted({n for p in params for n in p})
-    differing = [n for n in names if len({p.get(n) for p in params}) > 1]
+    """A name per configuration from what differs between them: `drive`, `lr0.1-mean`.
+    A key outside the differing groups that most configurations share one value of is
+    said only where it departs from it (`fetchsgd-server_lr3` beside `drive`, not
+    `drive-server_lr1`), when the names stay distinct that way."""
+    params = [dict(k) for k in configs]
     firsts = [runs[0] for runs in configs.values()]
     groups = [g for g in GROUPS if len({r.choices.get(g) for r in firsts}) > 1]
-    labels = {}
-    for key, p, first in zip(keys, params, firsts, strict=True):
+    short = _label_parts(params, firsts, groups, _usual_values(params))
+    if len(set(short)) == len(short):
+        return dict(zip(configs, short, strict=True))
+    return dict(zip(configs, _label_parts(params, firsts, groups, {}), strict=True))
+
+
+def _usual_values(params: list[dict]) -> dict[str, str]:
+    """Each key's value that more configurations have than any other value."""
+    usual = {}
+    for n in {n for p in params for n in p}:
+        counts = collections.Counter(p.get(n) for p in params).most_common(2)
+        if len(counts) > 1 and counts[0][1] > counts[1][1]:
+            usual[n] = counts[0][0]
+    return usual
+
+
+def _label_parts(params: list[dict], firsts: list[Run], groups: list[str],
+                 usual: dict[str, str]) -> list[str]:
+    names = sorted({n for p in params for n in p})
+    differing = [n for n in names if len({p.get(n) for p in params}) > 1]
+    labels = []
+    for p, first in zip(params, firsts, strict=True):
         parts = [first.choices.get(g, "?") for g in groups
                  if not (g == "distributor" and first.choices.get(g) == "plain")]
         # Keys under a group whose option differs are said by the option, unless they
@@ -235,9 +256,10 @@ def _labels(configs: dict[tuple, list[Run]]) -> dict[tuple, str]:
 
         shown = [n for n in differing if not n.endswith("._target_") and (
             n.split(".")[0] not in groups or varies_within_option(n))]
-        for n in shown:
-            parts.append(key_value_label(n, _number(p.get(n, "-")), shown))
-        labels[key] = "-".join(parts) or first.choices.get("aggregator", "run")
+        for n in shown:  # an option's key is always said: its default is the option's
+            if n.split(".")[0] in groups or n not in usual or p.get(n) != usual[n]:
+                parts.append(key_value_label(n, _number(p.get(n, "-")), shown))
+        labels.append("-".join(parts) or first.choices.get("aggregator", "run"))
     return labels
 
 
@@ -442,7 +464,8 @@ def plateau_note(rows: list[dict]) -> str:
                          "so compare the methods at this budget of rounds, not at convergence.")
         else:
             notes.append(f"{gain}, not told apart from the seeds' noise "
-                         f"({len(row['runs'])} seeds): no rise left to see.")
+                         f"({len(row['runs'])} seeds): these seeds cannot tell whether it "
+                         "has plateaued; more seeds or rounds would.")
     return " ".join(notes)
 
 

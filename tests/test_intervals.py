@@ -188,3 +188,26 @@ def test_the_plots_draw_each_configurations_95_percent_interval():
         ys = [y for x, y in band.get_paths()[0].vertices if x == pytest.approx(last_bits)]
         name = row["config"]
         assert (min(ys), max(ys)) == pytest.approx((want[name].low, want[name].high)), name
+
+
+def test_a_label_says_a_shared_setting_only_where_a_configuration_departs_from_it():
+    def run(aggregator: str, seed: int, **params: str) -> Run:
+        r = _run(seed, aggregator, {0: 0.5, 1: 0.9}, 10.0)
+        r.params.update(params)
+        return r
+
+    lr = "server_optimizer.learning_rate"
+    feedback = "aggregator.error_feedback"
+    odd_one = [run("mean", 0, **{lr: "1"}), run("drive", 0, **{lr: "1"}),
+               run("fetchsgd", 0, **{lr: "3"}), run("stc", 0, **{lr: "1", feedback: "none"}),
+               run("stc", 0, **{lr: "1", feedback: "ef14"}),
+               run("topk", 0, **{lr: "1", feedback: "none"})]
+    rows, _ = summarise(odd_one)
+    # an option's own key is said where that option runs with more than one value of it
+    # (stc's default is ef14: a bare `stc` would mislead), whatever most configurations use
+    assert {r["config"] for r in rows} == {"mean", "drive", "fetchsgd-server_lr3", "stc-none",
+                                           "stc-ef14", "topk"}
+    grid = [run(a, 0, **{lr: v}) for a in ("mean", "drive") for v in ("0.1", "1")]
+    rows, _ = summarise(grid)  # no value is the usual one: every name says its rate
+    assert {r["config"] for r in rows} == {"mean-server_lr0.1", "mean-server_lr1",
+                                           "drive-server_lr0.1", "drive-server_lr1"}
