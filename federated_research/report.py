@@ -476,7 +476,18 @@ def filled_note(settings: dict) -> str:
                     for key, n in sorted(filled.items()))
 
 
+def shown_columns(settings: dict) -> list[tuple[str, str, str]]:
+    """COLUMNS, or those `settings["columns"]` names (keys of COLUMNS), in their order:
+    the configuration's name always first."""
+    wanted = settings.get("columns")
+    if not wanted:
+        return COLUMNS
+    return [c for c in COLUMNS if c[0] == "config"] + [
+        c for key in wanted for c in COLUMNS if c[0] == key and key != "config"]
+
+
 def markdown(rows: list[dict], settings: dict) -> str:
+    columns = shown_columns(settings)
     note = " ".join(n for n in (plateau_note(rows), filled_note(settings)) if n)
     lines = [f"Target accuracy {settings['target']:.3f}; uplink budget "
              f"{settings['budget']:,.0f} bits. Ratios and d acc are against each "
@@ -486,17 +497,18 @@ def markdown(rows: list[dict], settings: dict) -> str:
              "Rounds and bits to target: mean +- sd over the seeds that reached it. "
              "Gain over the last 25% of rounds: mean [95% t interval] over the seeds.",
              *(["", note] if note else []), "",
-             "| " + " | ".join(title for _, title, _ in COLUMNS) + " |",
-             "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cell(r, k, s) for k, _, s in COLUMNS) + " |" for r in rows]
+             "| " + " | ".join(title for _, title, _ in columns) + " |",
+             "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(r, k, s) for k, _, s in columns) + " |" for r in rows]
     return "\n".join(lines)
 
 
 def text_table(rows: list[dict], settings: dict) -> str:
     """The same table for a terminal."""
-    cells = [[title for _, title, _ in COLUMNS]]
-    cells += [[_cell(r, k, s) for k, _, s in COLUMNS] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+    columns = shown_columns(settings)
+    cells = [[title for _, title, _ in columns]]
+    cells += [[_cell(r, k, s) for k, _, s in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     lines = [f"target accuracy {settings['target']:.3f}, uplink budget "
              f"{settings['budget']:,.0f} bits"]
     for n, row in enumerate(cells):

@@ -33,6 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from federated_research import run_records  # noqa: E402
 from federated_research.report import (  # noqa: E402
+    COLUMNS,
     ReportError,
     load_runs,
     publish,
@@ -89,6 +90,16 @@ def _budget(text: str) -> float | str:
     return float(text)
 
 
+def _columns(text: str) -> list[str]:
+    keys = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in {key for key, _, _ in COLUMNS}]
+    if unknown or not keys:
+        raise argparse.ArgumentTypeError(
+            f"no column {', '.join(unknown) or '(none given)'}; pass keys from: "
+            + ", ".join(key for key, _, _ in COLUMNS))
+    return keys
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tracking-uri", default=os.environ.get(
@@ -107,6 +118,9 @@ def main() -> None:
     parser.add_argument("--from", dest="sources", type=Path, action="append",
                         help="read the runs from this --export file instead of a store "
                              "(repeat to pool several)")
+    parser.add_argument("--columns", type=_columns,
+                        help="the table's columns, by key, comma-separated (default: all): "
+                             + ", ".join(key for key, _, _ in COLUMNS))
     parser.add_argument("--export", type=Path,
                         help="write the runs read to this file (.jsonl, or .jsonl.gz)")
     args = parser.parse_args()
@@ -124,6 +138,7 @@ def main() -> None:
             print_per_run(rows)
         else:
             rows, settings = summarise(runs, args.target, args.budget)
+            settings["columns"] = args.columns
             print(text_table(rows, settings))
             if args.out:
                 if parent:

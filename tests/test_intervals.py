@@ -211,3 +211,34 @@ def test_a_label_says_a_shared_setting_only_where_a_configuration_departs_from_i
     rows, _ = summarise(grid)  # no value is the usual one: every name says its rate
     assert {r["config"] for r in rows} == {"mean-server_lr0.1", "mean-server_lr1",
                                            "drive-server_lr0.1", "drive-server_lr1"}
+
+
+def test_the_report_table_can_be_narrowed_to_the_columns_a_reader_needs(tmp_path, monkeypatch,
+                                                                         capsys):
+    """`compare_runs.py --columns` on the FEMNIST runs in docs/data: the report's table
+    has the configuration and the columns asked for, in that order; an unknown column is
+    refused in one line that lists the known ones."""
+    import runpy
+    import sys
+
+    from tests.conftest import REPO
+
+    def compare_runs(*args: str) -> int:
+        monkeypatch.setattr(sys, "argv", ["compare_runs.py", *args])
+        try:
+            runpy.run_path(str(REPO / "scripts" / "compare_runs.py"), run_name="__main__")
+        except SystemExit as stop:
+            return stop.code if isinstance(stop.code, int) else 1
+        return 0
+
+    data = str(REPO / "docs" / "data" / "compression_vs_baseline_emnist.jsonl.gz")
+    assert compare_runs("--from", data, "--columns", "accuracy_delta_ci,up_ratio",
+                        "--out", str(tmp_path)) == 0
+    answer = (tmp_path / "report.md").read_text().split("Error feedback's gain")[0]
+    table = [line for line in answer.splitlines() if line.startswith("| ")]
+    assert table[0] == "| configuration | 95% CI (pts) | up ratio |"
+    assert len(table) > 20 and all(line.count(" | ") == 2 for line in table)
+    capsys.readouterr()
+    assert compare_runs("--from", data, "--columns", "accuracy,bits") == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "no column bits; pass keys from: config, seeds, accuracy" in err
