@@ -494,7 +494,8 @@ def markdown(rows: list[dict], settings: dict) -> str:
              "configuration's `mean` baseline, paired by seed; 95% CI: Student's t "
              f"interval of the paired differences over the seeds ({NOT_DISTINGUISHABLE}: "
              "it holds 0, the difference is not told apart from noise; - with one seed). "
-             "Rounds and bits to target: mean +- sd over the seeds that reached it. "
+             "Rounds and bits to target: mean +- sd over the seeds that reached it, at "
+             "the first evaluation that did (as fine as the runs' eval_every). "
              "Gain over the last 25% of rounds: mean [95% t interval] over the seeds.",
              *(["", note] if note else []), "",
              "| " + " | ".join(title for _, title, _ in columns) + " |",
