@@ -614,29 +614,44 @@ def _pareto_front(points: list[tuple]) -> list[tuple[float, float]]:
     return front
 
 
+NAMED_POINTS = 8  # more configurations than this: numbered points and a legend
+
+
 def _plot_pareto(rows, colors, title: str):
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(11 if len(rows) > NAMED_POINTS else 8, 5))
     points = [(r["up_bits"], r["accuracy"], r) for r in rows
               if r["up_bits"] and r["accuracy"] is not None]
     front = _pareto_front(points)
+    numbered = len(points) > NAMED_POINTS  # too many names to print beside their points
+    accs = [a for _, a, _ in points]
+    low_y = min(accs, default=0) - max(0.01, 0.15 * (max(accs, default=0) - min(accs, default=0)))
+    high_y = max(accs, default=0) + (max(accs, default=0) - low_y) * 0.05
+    label_height = 0.025 * (high_y - low_y)  # in accuracy, at this figure's size
     labelled: list[tuple[float, float]] = []
-    for bits, acc, row in points:
+    for number, (bits, acc, row) in enumerate(sorted(points, key=lambda p: -p[0]), 1):
         on_front = (bits, acc) in front
         low, high = row["accuracy_ci"] or [None, None]
         yerr = [[acc - low], [high - acc]] if low is not None else 0.0
+        name = row["config"] + (f" ({row['up_ratio']:.0f}x)" if row["up_ratio"] else "")
         ax.errorbar(bits, acc, yerr=yerr, fmt="o" if on_front else "x",
-                    color=colors[row["config"]], capsize=3)
-        # labels of points that (nearly) coincide go one under the other
-        near = sum(abs(b / bits - 1) < 0.1 and abs(a - acc) < 0.02 for b, a in labelled)
+                    color=colors[row["config"]], capsize=3,
+                    label=f"{number}: {name}" if numbered else None)
+        # labels of points that (nearly) coincide go one beside the other
+        near = sum(abs(b / bits - 1) < 0.1 and abs(a - acc) < (
+            label_height if numbered else 0.02) for b, a in labelled)
         labelled.append((bits, acc))
-        ax.annotate(row["config"] + (f" ({row['up_ratio']:.0f}x)" if row["up_ratio"] else ""),
-                    (bits, acc), textcoords="offset points", xytext=(5, 4 - 9 * near),
-                    fontsize=7)
+        ax.annotate(str(number) if numbered else name, (bits, acc), textcoords="offset points",
+                    xytext=(5 + 11 * near, -3) if numbered else (5, 4 - 9 * near), fontsize=7)
+    if numbered:  # the estimates in view; wider intervals run off the axes
+        ax.set_ylim(low_y, high_y)
     if front:
         ax.step([b for b, _ in front], [a for _, a in front], where="post", color="black",
                 lw=1, alpha=0.6, label="Pareto front (fewest bits for the accuracy)")
+    if numbered:
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    elif front:
         ax.legend(fontsize=7, loc="lower right")
     ax.set_xscale("log")
     ax.set_xlabel("cumulative uplink bits (all clients, all rounds; log scale)")
