@@ -242,3 +242,23 @@ def test_the_report_table_can_be_narrowed_to_the_columns_a_reader_needs(tmp_path
     assert compare_runs("--from", data, "--columns", "accuracy,bits") == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "no column bits; pass keys from: config, seeds, accuracy" in err
+
+
+def test_a_crowded_pareto_plot_numbers_its_points_and_names_them_in_a_legend():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from federated_research.report import NAMED_POINTS, _plot_pareto
+
+    names = ["mean", *[f"m{i}" for i in range(NAMED_POINTS)]]
+    runs = [_run(seed, name, {0: 0.5, 1: 0.8 + 0.01 * i + 0.002 * seed}, 100.0 / (i + 1))
+            for i, name in enumerate(names) for seed in range(2)]
+    rows, _ = summarise(runs)
+    ax = _plot_pareto(rows, {r["config"]: "C0" for r in rows}, "t").axes[0]
+    numbers = sorted(int(t.get_text()) for t in ax.texts)
+    assert numbers == list(range(1, len(names) + 1))
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    by_bits = sorted(rows, key=lambda r: -r["up_bits"])  # 1 is the most bits: the baseline
+    for number, row in enumerate(by_bits, 1):
+        assert f"{number}: {row['config']} ({row['up_ratio']:.0f}x)" in legend
+    assert by_bits[0]["config"] == "mean"
