@@ -625,9 +625,9 @@ def _plot_pareto(rows, colors, title: str):
               if r["up_bits"] and r["accuracy"] is not None]
     front = _pareto_front(points)
     numbered = len(points) > NAMED_POINTS  # too many names to print beside their points
-    accs = [a for _, a, _ in points]
-    low_y = min(accs, default=0) - max(0.01, 0.15 * (max(accs, default=0) - min(accs, default=0)))
-    high_y = max(accs, default=0) + (max(accs, default=0) - low_y) * 0.05
+    accs = [a for _, a, _ in points] or [0.0]
+    low_y = min(accs) - max(0.01, 0.15 * (max(accs) - min(accs)))
+    high_y = max(accs) + 0.05 * (max(accs) - low_y)
     label_height = 0.025 * (high_y - low_y)  # in accuracy, at this figure's size
     labelled: list[tuple[float, float]] = []
     for number, (bits, acc, row) in enumerate(sorted(points, key=lambda p: -p[0]), 1):
