@@ -9,13 +9,21 @@ manager, which
   * starts the worker with its output in a log file, never our stdout/stderr;
   * asks the kernel to SIGTERM the worker if this process dies, even by SIGKILL;
   * stops it (SIGINT, then SIGKILL) on `close()`, at interpreter exit, and on
-    the way out of a `with` block that ends by exception or signal.
+    the way out of a `with` block that ends by exception or signal;
+  * never restarts it for a computation begun before `close()`. On Ctrl-C the
+    round's computation goes on in TFF's event-loop thread; once its worker is
+    gone TFF retries it, and the retry used to start a new worker from that
+    thread and run the whole round again while the main thread was shutting
+    down (a sweep's Ctrl-C once ended in glibc's "free(): invalid next size").
+    A computation begun after `close()` starts a worker as before.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextvars
 import ctypes
+import logging
 import os
 import signal
 import subprocess
@@ -47,8 +55,17 @@ _GRPC_OPTIONS = [("grpc.max_message_length", 2_000_000_000),
                  ("grpc.max_receive_message_length", 2_000_000_000),
                  ("grpc.max_send_message_length", 2_000_000_000)]
 _PR_SET_PDEATHSIG = 1
+log = logging.getLogger(__name__)
 _LIVE: set[WorkerService] = set()  # strong refs: a dropped service must still be stopped
 _current: list[WorkerService] = []  # the service behind the installed default context
+# The `WorkerService.epoch` a computation began in; TFF runs it, and its retries, in a
+# task that copies the invoking thread's context (asyncio.run_coroutine_threadsafe).
+_begun_in: contextvars.ContextVar[int | None] = contextvars.ContextVar("begun_in", default=None)
+
+
+class WorkerClosed(RuntimeError):
+    """A computation begun before its runtime was closed asked for the worker again.
+    (Not TFF's RetryableError: the computation ends here.)"""
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -70,11 +87,18 @@ class WorkerService:
         # wiped by the stop it raced with.
         self._lock = threading.RLock()
         self.generation = 0  # which worker: executors made on an earlier one are stale
+        self.epoch = 0  # how many times closed: computations begun earlier are over
         _LIVE.add(self)
 
     def stub(self) -> remote_executor_grpc_stub.RemoteExecutorGrpcStub:
         """The stub of a running worker; (re)starts the worker when it is not running."""
         with self._lock:
+            begun_in = _begun_in.get()
+            if begun_in is not None and begun_in != self.epoch:
+                log.info("a TFF computation begun before its runtime was closed asked for "
+                         "the worker again: it is not run again")
+                raise WorkerClosed("this computation began before the TFF runtime was "
+                                   "closed; it is not run again on a new worker")
             if (self._stub is not None and self.process is not None
                     and self.process.poll() is None and self._stub.is_ready):
                 return self._stub
@@ -110,6 +134,13 @@ class WorkerService:
                 raise RuntimeError(f"TFF worker_binary did not start (exit code {code}); "
                                    f"see {self.log_path or 'its output'}")
             time.sleep(0.05)
+
+    def close(self, grace: float = 5.0) -> None:
+        """Stop the worker for the computations begun so far: TFF's retry of one of them
+        (its worker is gone) fails instead of starting another. Later ones start one."""
+        with self._lock:
+            self.epoch += 1
+            self.stop(grace)
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop the worker: SIGINT, then SIGKILL after `grace` seconds; then close the
@@ -171,18 +202,33 @@ class _ServiceExecutors(executor_factory.ExecutorFactory):
             kept[1].close()  # a stale one's worker, and its state, are gone already
 
 
+class _ServiceContext(sync_execution_context.SyncExecutionContext):
+    """TFF's synchronous context, its computations marked with the service's epoch."""
+
+    def __init__(self, service: WorkerService, **kwargs) -> None:
+        super().__init__(executor_fn=_ServiceExecutors(service), **kwargs)
+        self.service = service
+
+    def invoke(self, comp, arg):
+        token = _begun_in.set(self.service.epoch)
+        try:
+            return super().invoke(comp, arg)
+        finally:
+            _begun_in.reset(token)
+
+
 def install_default_context(service: WorkerService) -> None:
     """Make `service` run every TFF computation (TFF's own default context is dropped
     here, while it has no worker yet, so its `__del__` has nothing to clean up)."""
-    context = sync_execution_context.SyncExecutionContext(
-        executor_fn=_ServiceExecutors(service),
+    context = _ServiceContext(
+        service,
         compiler_fn=compiler.desugar_and_transform_to_native,
         transform_args=tensorflow_computation.transform_args,
         transform_result=tensorflow_computation.transform_result)
     context_stack_impl.context_stack.set_default_context(context)
     for previous in _current:
         if previous is not service:
-            previous.stop()
+            previous.close()
     _current[:] = [service]
 
 
@@ -201,7 +247,7 @@ class TffRuntime:
         self.close()
 
     def close(self) -> None:
-        self.service.stop()
+        self.service.close()
 
     @property
     def worker_pid(self) -> int | None:
@@ -212,7 +258,7 @@ class TffRuntime:
 def stop_all_workers() -> None:
     """Stop every worker this process started (also run at interpreter exit)."""
     for service in list(_LIVE):
-        service.stop(grace=2.0)
+        service.close(grace=2.0)
 
 
 def _forget_parents_workers() -> None:

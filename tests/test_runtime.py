@@ -68,6 +68,46 @@ def test_worker_stops_when_the_block_raises(tmp_path):
     assert _gone(pid, within=10)
 
 
+def test_a_computation_begun_before_close_does_not_restart_the_worker(tmp_path, caplog):
+    """Ctrl-C: the main thread unwinds and closes the runtime while TFF's event-loop thread
+    still runs the round. With its worker gone TFF retries the computation; the retry must
+    fail, not start a worker from that thread and run the round again behind the shutdown."""
+    import logging
+    import threading
+
+    import tensorflow as tf
+
+    @tff.tensorflow.computation(np.int64)
+    def count_to(n):
+        return tf.while_loop(lambda i: i < n, lambda i: i + 1, [tf.constant(0, tf.int64)])[0]
+
+    runtime = TffRuntime(tmp_path / "w.log").__enter__()
+    first = psutil.Process(runtime.worker_pid)
+
+    def ctrl_c_once_the_worker_counts(main: int) -> None:
+        _wait_until(lambda: first.cpu_times().user > 0.5, 60)
+        signal.pthread_kill(main, signal.SIGINT)  # a real signal: it wakes the waiting main
+
+    caplog.set_level(logging.INFO, logger="federated_research.runtime")
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+    try:
+        threading.Thread(target=ctrl_c_once_the_worker_counts, args=(threading.get_ident(),),
+                         daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            count_to(10**12)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    runtime.close()
+    _wait_until(lambda: "not run again" in caplog.text, 30)
+    assert "not run again" in caplog.text, "TFF did not retry: nothing was refused"
+    assert runtime.worker_pid is None
+    assert not [c for c in psutil.Process().children() if "worker_binary" in c.name()
+                and c.status() != psutil.STATUS_ZOMBIE and c.pid != first.pid]
+    assert _gone(first.pid, within=10)
+    assert count_to(10) == 10  # begun after close(): it starts a worker of its own
+    runtime.close()
+
+
 @pytest.mark.slow
 def test_worker_dies_with_its_parent_even_on_sigkill(tmp_path):
     code = ("from federated_research.runtime import TffRuntime; import time; "
@@ -126,9 +166,10 @@ def _wait_until(condition, within: float) -> None:
 
 
 def test_a_stub_asked_for_during_stop_waits_for_it_and_is_kept(tmp_path):
-    """TFF's event-loop thread may ask for the stub while the main thread stops the
-    worker (Ctrl-C). The request waits for the stop, then starts a worker whose stub the
-    service keeps: the stop must not wipe the restart's channel, nor crash on it."""
+    """A thread may ask for the stub while another stops the worker. The request waits
+    for the stop, then starts a worker whose stub the service keeps: the stop must not
+    wipe the restart's channel, nor crash on it. (A computation begun before `close()`
+    is refused instead: the test above.)"""
     import threading
 
     from federated_research.runtime import WorkerService
