@@ -146,11 +146,12 @@ class WorkerService:
         """Stop the worker: SIGINT, then SIGKILL after `grace` seconds; then close the
         channel. Idempotent. The worker goes first: on Ctrl-C a round's call may still be
         in flight on TFF's event-loop thread, and closing a gRPC channel under a live
-        call from another thread can corrupt gRPC's memory; with the worker gone the
-        call has ended (UNAVAILABLE) before the channel closes."""
+        call from another thread can corrupt gRPC's memory; so the channel closes once
+        gRPC has seen the worker go (up to 2 s), when that call has ended UNAVAILABLE."""
         with self._lock:
             process, self.process = self.process, None
-            channel, self._channel, self._stub = self._channel, None, None
+            channel, stub = self._channel, self._stub
+            self._channel, self._stub = None, None
             try:
                 if process is not None and process.poll() is None:
                     process.send_signal(signal.SIGINT)
@@ -163,7 +164,18 @@ class WorkerService:
                 if process is not None and process.poll() is None:
                     process.kill()
                 if channel is not None:
+                    if process is not None:
+                        _until_disconnected(stub, within=2.0)
                     channel.close()
+
+
+def _until_disconnected(stub, within: float) -> None:
+    """Wait until gRPC has seen the worker go: the call in flight then ends UNAVAILABLE,
+    which TFF retries (and `WorkerService.stub` refuses), rather than CANCELLED by the
+    channel's close racing the worker's exit."""
+    deadline = time.monotonic() + within
+    while stub is not None and stub.is_ready and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 class _ServiceExecutors(executor_factory.ExecutorFactory):
