@@ -8,14 +8,15 @@ import inspect
 import hydra
 from omegaconf import DictConfig
 
-from federated_research.aggregators import build_aggregator, with_update_error
+from federated_research.aggregators import with_update_error
 from federated_research.algorithms import initial_state
-from federated_research.clipping import clip_gradients, clip_updates
+from federated_research.clipping import clip_gradients
 from federated_research.config import too_few_clients, validate
 from federated_research.data import build_dataset
 from federated_research.distributors import build_distributor
 from federated_research.loop import LoopSpec, RunParts
 from federated_research.models import build_model
+from federated_research.privacy import PrivacySpec, build_uplink
 
 
 def build_run_parts(cfg: DictConfig) -> RunParts:
@@ -26,8 +27,8 @@ def build_run_parts(cfg: DictConfig) -> RunParts:
         raise too_few_clients(cfg.clients_per_round, data.num_clients)
     model = build_model(cfg.model, data.input_shape, data.num_classes, data.task)
     participation = cfg.clients_per_round / data.num_clients  # EF21's and SCAFFOLD's share
-    aggregator = clip_updates(build_aggregator(cfg.aggregator, participation),
-                              cfg.client.update_clip_norm)
+    aggregator, accountant = build_uplink(cfg, participation, PrivacySpec(
+        cfg.clients_per_round, data.num_clients, cfg.rounds, cfg.seed))
     if cfg.log_update_error:
         aggregator = with_update_error(aggregator)
     distributor = build_distributor(cfg.distributor)
@@ -50,4 +51,4 @@ def build_run_parts(cfg: DictConfig) -> RunParts:
                     stop_on_nonfinite=cfg.on_nonfinite == "stop")
     state = initial_state(algorithm.process, model, cfg.seed)
     return RunParts(data=data, model=model, algorithm=algorithm, comm=comm, spec=spec,
-                    initial_state=state)
+                    initial_state=state, privacy=accountant)

@@ -28,6 +28,17 @@ A round's cost is split by who sends it, measured on each part separately:
     aggregator, reported as `comm/control_*_bits` so that totals stay exact.
 Round totals multiply the per-client cost by the number of clients that round.
 
+Secure aggregation sends integers in a modular ring, not the tensor's dtype: its
+intrinsics are counted at the width they declare, per coordinate,
+
+  federated_secure_modular_sum(v, m):    ceil(log2 m)
+  federated_secure_sum_bitwidth(v, b):   b + ceil(log2 n)
+  federated_secure_sum(v, M):            ceil(log2(M + 1)) + ceil(log2 n)
+
+where n is the round's clients: the last two promise the exact sum, so the ring
+must hold n summands of their width (what SecAgg's modulus is chosen from). The
+key agreement and secret sharing of the SecAgg protocol itself are not counted.
+
 Variable-length codes (QSGD's Elias codes, STC's Golomb-coded positions) are the
 one thing a static type cannot size: a message's `varlen` entry is a buffer of
 the worst-case size. It is left out here (a transfer that holds one is marked
@@ -39,6 +50,7 @@ the worst-case size. It is left out here (a transfer that holds one is marked
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -51,6 +63,12 @@ from tensorflow_federated.python.core.impl.types import computation_types, place
 # Intrinsics whose traffic depends on data chosen at run time: refuse rather than guess.
 _UNCOUNTABLE = {"federated_select", "federated_secure_select"}
 VARLEN = "varlen"  # compression/codec.py: a variable-length code, measured as written
+# Secure sums: URI -> (per-coordinate width from the declared constant, grows with log2 n).
+_SECURE = {
+    "federated_secure_modular_sum": (lambda m: math.ceil(math.log2(m)), False),
+    "federated_secure_sum_bitwidth": (lambda b: int(b), True),
+    "federated_secure_sum": (lambda top: math.ceil(math.log2(top + 1)), True),
+}
 
 
 @dataclass(frozen=True)
@@ -62,6 +80,7 @@ class Transfer:
     type: str
     bits: int
     measured: bool = False  # it also carries a variable-length code, measured each round
+    growing: int = 0  # coordinates of a secure sum whose width grows by ceil(log2 n)
 
 
 @dataclass(frozen=True)
@@ -71,11 +90,17 @@ class CommCost:
     transfers: tuple[Transfer, ...] = ()
     down: int = field(init=False)
     up: int = field(init=False)
+    up_growing: int = field(init=False)  # + this many x ceil(log2 n) bits (secure sums)
 
     def __post_init__(self) -> None:
         for direction in ("down", "up"):
             bits = sum(t.bits for t in self.transfers if t.direction == direction)
             object.__setattr__(self, direction, bits)
+        object.__setattr__(self, "up_growing", sum(t.growing for t in self.transfers))
+
+    def up_bits(self, num_clients: int) -> int:
+        """Bits one client sends in a round of `num_clients` (secure sums grow with it)."""
+        return self.up + self.up_growing * sum_growth(num_clients)
 
     def __add__(self, other: CommCost) -> CommCost:
         return CommCost(self.transfers + other.transfers)
@@ -102,6 +127,48 @@ def type_bits(type_spec: computation_types.Type) -> int:
 FederatedType = computation_types.FederatedType
 
 
+def sum_growth(num_clients: int) -> int:
+    """Extra bits a coordinate of an exact secure sum of `num_clients` values needs."""
+    return math.ceil(math.log2(num_clients)) if num_clients > 1 else 0
+
+
+def _tensor_leaves(type_spec: computation_types.Type) -> list[computation_types.TensorType]:
+    if isinstance(type_spec, computation_types.FederatedType):
+        return _tensor_leaves(type_spec.member)
+    if isinstance(type_spec, computation_types.StructType):
+        return [t for _, e in structure.iter_elements(type_spec) for t in _tensor_leaves(e)]
+    return [type_spec]
+
+
+def _constants(block: building_blocks.ComputationBuildingBlock, bound: dict) -> list:
+    """The integers a secure sum's width argument holds (a literal, a struct of them, or
+    a name bound to one in an enclosing block)."""
+    if isinstance(block, building_blocks.Reference) and block.name in bound:
+        return _constants(bound[block.name], bound)
+    if isinstance(block, building_blocks.Literal):
+        return [int(block.value)]
+    if isinstance(block, building_blocks.Struct):
+        return [c for child in block for c in _constants(child, bound)]
+    raise ValueError(f"cannot read a secure sum's declared width from {block}")
+
+
+def _secure_transfer(call: building_blocks.Call, bound: dict) -> Transfer:
+    """A secure sum, counted at its declared modular width per coordinate."""
+    uri = call.function.uri
+    width_of, grows = _SECURE[uri]
+    value, declared = call.argument[0], call.argument[1]
+    leaves = _tensor_leaves(value.type_signature)
+    widths = _constants(declared, bound)
+    if len(widths) == 1:
+        widths = widths * len(leaves)
+    if len(widths) != len(leaves):
+        raise ValueError(f"{uri}: {len(widths)} widths for {len(leaves)} tensors")
+    sizes = [int(np.prod(t.shape, dtype=np.int64)) for t in leaves]
+    bits = sum(n * width_of(w) for n, w in zip(sizes, widths, strict=True))
+    return Transfer("up", uri, str(value.type_signature), bits,
+                    growing=sum(sizes) if grows else 0)
+
+
 def _federated_leaves(type_spec: computation_types.Type) -> Iterator[FederatedType]:
     if isinstance(type_spec, computation_types.FederatedType):
         yield type_spec
@@ -124,10 +191,12 @@ def _placed_at(type_spec: computation_types.Type, placement) -> list[FederatedTy
     return [t for t in _federated_leaves(type_spec) if t.placement is placement]
 
 
-def _transfer(call: building_blocks.Call) -> Transfer | None:
+def _transfer(call: building_blocks.Call, bound: dict) -> Transfer | None:
     uri = call.function.uri
     if uri in _UNCOUNTABLE:
         raise ValueError(f"{uri} sends data-dependent slices; its bits are not counted here")
+    if uri in _SECURE:
+        return _secure_transfer(call, bound)
     if call.argument is None:
         return None
     arg, result = call.argument.type_signature, call.type_signature
@@ -150,12 +219,15 @@ def _transfer(call: building_blocks.Call) -> Transfer | None:
 def comm_cost(computation: tff.Computation) -> CommCost:
     """Per-client bits of one invocation of a federated computation."""
     transfers: list[Transfer] = []
+    bound: dict = {}  # every block's local names (secure sums' widths may be bound there)
     stack = [computation.to_building_block()]
     while stack:
         block = stack.pop()
+        if isinstance(block, building_blocks.Block):
+            bound.update(dict(block.locals))
         if isinstance(block, building_blocks.Call) and isinstance(
                 block.function, building_blocks.Intrinsic):
-            transfer = _transfer(block)
+            transfer = _transfer(block, bound)
             if transfer is not None:
                 transfers.append(transfer)
         stack.extend(block.children())
@@ -170,14 +242,16 @@ class RoundComm:
     control_down: int
     control_up: int
     diagnostic: CommCost = field(default_factory=CommCost)
+    control_up_growing: int = 0  # secure-summed control coordinates (see sum_growth)
 
     def round_metrics(self, num_clients: int) -> dict[str, int]:
         """Bits of one round with `num_clients` participants, as logged."""
+        control_up = self.control_up + self.control_up_growing * sum_growth(num_clients)
         return {
             "comm/broadcasted_bits": num_clients * self.model.down,
-            "comm/aggregated_bits": num_clients * self.model.up,
+            "comm/aggregated_bits": num_clients * self.model.up_bits(num_clients),
             "comm/control_broadcasted_bits": num_clients * self.control_down,
-            "comm/control_aggregated_bits": num_clients * self.control_up,
+            "comm/control_aggregated_bits": num_clients * control_up,
         }
 
     def describe(self) -> dict:
@@ -187,7 +261,8 @@ class RoundComm:
                                 "control_down": self.control_down,
                                 "control_up": self.control_up,
                                 "diagnostic_down": self.diagnostic.down,
-                                "diagnostic_up": self.diagnostic.up},
+                                "diagnostic_up": self.diagnostic.up,
+                                "model_up_secure_coordinates": self.model.up_growing},
             "measured": {
                 "model_up": any(t.measured for t in self.model.transfers
                                 if t.direction == "up"),
@@ -195,7 +270,9 @@ class RoundComm:
                                   if t.direction == "down"),
                 "note": "per_client_bits are the fixed part of each message; where a "
                         "direction is measured, its variable-length codes' bits are "
-                        "counted as written each round and added to its comm/* metric"},
+                        "counted as written each round and added to its comm/* metric; "
+                        "each secure-summed coordinate also takes ceil(log2 n) bits "
+                        "more for a round of n clients"},
             "model_transfers": [t.__dict__ for t in self.model.transfers],
             "diagnostic_transfers": [t.__dict__ for t in self.diagnostic.transfers],
         }
@@ -220,4 +297,5 @@ def round_comm(process: tff.templates.IterativeProcess,
     if control_down < 0 or control_up < 0:
         raise ValueError("the model parts send more than the whole round: they are not "
                          "the parts this process was built from")
-    return RoundComm(model, control_down, control_up, diagnostic)
+    growing = total.up_growing - model.up_growing - diagnostic.up_growing
+    return RoundComm(model, control_down, control_up, diagnostic, growing)

@@ -338,6 +338,7 @@ class Config(LoopConfig):
     model: Any = MISSING
     aggregator: Any = MISSING
     distributor: Any = MISSING
+    privacy: Any = MISSING
     algorithm: Any = MISSING
     client_optimizer: Any = MISSING
     server_optimizer: Any = MISSING
@@ -387,7 +388,7 @@ def register_schemas() -> None:
         plugins.register(ArmsSweeper)
 
 
-GROUP_NODES = ("dataset", "model", "aggregator", "distributor", "algorithm",
+GROUP_NODES = ("dataset", "model", "aggregator", "distributor", "privacy", "algorithm",
                "client_optimizer", "server_optimizer")
 _BY_TARGET = {cls._target_: cls for _, _, cls in _SCHEMAS
               if isinstance(getattr(cls, "_target_", None), str) and cls._target_ != MISSING}
@@ -403,7 +404,8 @@ def options_class(node: DictConfig) -> type[Options]:
     target = node.get("_target_")
     if target in _BY_TARGET:
         return _BY_TARGET[target]
-    if str(target).startswith("federated_research.compression."):
+    if str(target).startswith(("federated_research.compression.",
+                               "federated_research.privacy.")):
         cls = hydra.utils.get_class(target)
         if is_method(cls) or issubclass(cls, Options):  # a method, or PowerSGD's options
             return cls
@@ -458,6 +460,8 @@ def validate(cfg: DictConfig) -> None:
             check_downlink(built)
         if isinstance(built, FederatedDropoutConfig):
             validate_codec(cfg.distributor.codec)
+        if key == "privacy" and hasattr(built, "check_run"):
+            built.check_run(cfg)  # which uplinks and algorithms it can make private
     _check_across_nodes(cfg)
 
 

@@ -170,6 +170,7 @@ class RunParts:
     comm: RoundComm
     spec: LoopSpec
     initial_state: object
+    privacy: object | None = None  # a DP option's accountant: privacy/* metrics each round
 
 
 Weights = tff.learning.models.ModelWeights
@@ -309,6 +310,9 @@ def _train(parts: RunParts, run: RunState, evaluations: Evaluations, tracker: Tr
         seconds = time.perf_counter() - start
         metrics = round_metrics(output, parts.comm, run, len(sampled), seconds)
         metrics.update(client_metrics)
+        if parts.privacy is not None:  # epsilon spent so far, the noise added
+            metrics.update(parts.privacy.after_round(round_num, sampled,
+                                                     output.metrics.get("aggregator")))
         metrics.update(evaluations.after_round(process, output.state, spec, round_num))
         tracker.log_metrics(metrics, step=round_num)
         bad = divergence(metrics, len(sampled), limit)

@@ -10,6 +10,10 @@ manager, which
   * asks the kernel to SIGTERM the worker if this process dies, even by SIGKILL;
   * stops it (SIGINT, then SIGKILL) on `close()`, at interpreter exit, and on
     the way out of a `with` block that ends by exception or signal;
+  * runs secure aggregation in simulation: `federated_secure_sum_bitwidth` and its
+    kin are compiled to their plain bodies, as TFF's test backend does (the C++
+    worker has no secure intrinsics); the bits they would send are counted from
+    their declared widths (comm_bits.py);
   * never restarts it for a computation begun before `close()`. On Ctrl-C the
     round's computation goes on in TFF's event-loop thread; once its worker is
     gone TFF retries it, and the retry used to start a new worker from that
@@ -36,6 +40,7 @@ import grpc
 import portpicker
 import tensorflow_federated as tff
 from tensorflow_federated.python.core.backends.native import compiler
+from tensorflow_federated.python.core.backends.test import compiler as test_compiler
 from tensorflow_federated.python.core.environments.tensorflow_frontend import (
     tensorflow_computation,
 )
@@ -229,12 +234,33 @@ class _ServiceContext(sync_execution_context.SyncExecutionContext):
             _begun_in.reset(token)
 
 
+def allow_deep_computations() -> None:
+    """Let protobuf parse TFF computations nested deeper than its default 100 levels.
+
+    TFF builds a computation's proto by copying each part into its parent, and the
+    upb runtime parses every copy with that depth limit: distributed DP's stack of
+    aggregators (concat, rotation, clipping, discretisation, DP, two modular clips,
+    SecAgg) inside FedAvg fails with "Error parsing message". The worker itself
+    parses them without complaint."""
+    try:
+        from google._upb import _message
+    except ImportError:  # another protobuf runtime: no such limit to lift
+        return
+    _message.SetAllowOversizeProtos(True)
+
+
+def _compile(comp):
+    """Secure sums become plain sums in simulation (TFF's test backend does the same)."""
+    return compiler.desugar_and_transform_to_native(
+        test_compiler.replace_secure_intrinsics_with_bodies(comp))
+
+
 def install_default_context(service: WorkerService) -> None:
     """Make `service` run every TFF computation (TFF's own default context is dropped
     here, while it has no worker yet, so its `__del__` has nothing to clean up)."""
     context = _ServiceContext(
         service,
-        compiler_fn=compiler.desugar_and_transform_to_native,
+        compiler_fn=_compile,
         transform_args=tensorflow_computation.transform_args,
         transform_result=tensorflow_computation.transform_result)
     context_stack_impl.context_stack.set_default_context(context)
@@ -281,3 +307,4 @@ def _forget_parents_workers() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_parents_workers)
+allow_deep_computations()

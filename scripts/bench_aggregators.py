@@ -7,10 +7,13 @@
     .venv/bin/python scripts/bench_aggregators.py "mean+quantize" --set model=linear
     .venv/bin/python scripts/bench_aggregators.py topk "topk:error_feedback=ef14" \
         "topk:error_feedback=ef14@disk"
+    .venv/bin/python scripts/bench_aggregators.py drive "drive~dp_fixed" "mean~secure" \
+        "mean~distributed_dp:bits=16"
 
 A method is an aggregator option, optionally with `:key=value,...` overrides of its
-node, optionally followed by `+<distributor option>` (downlink) and by `@disk` (its
-clients' states in the disk store; the memory store otherwise). All methods train
+node, optionally followed by `+<distributor option>` (downlink), by `~<privacy option>`
+(with `:key=value,...` of its own) and by `@disk` (its clients' states in the disk
+store; the memory store otherwise). All methods train
 the same model from the same initial weights on the same clients each round, in
 the same process and TFF worker; rounds are interleaved (round r of every method,
 then round r+1) so that a busy machine slows all of them alike. The first round
@@ -34,8 +37,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def _method_overrides(method: str) -> list[str]:
-    """`drive:bits=1,zeroing=false+quantize@disk` -> Hydra overrides."""
+    """`drive:bits=1,zeroing=false+quantize~dp_fixed:clip=1@disk` -> Hydra overrides."""
     method, _, store = method.partition("@")
+    method, _, privacy = method.partition("~")
     uplink, _, downlink = method.partition("+")
     name, _, args = uplink.partition(":")
     overrides = [f"aggregator={name}"]
@@ -44,6 +48,9 @@ def _method_overrides(method: str) -> list[str]:
         name, _, args = downlink.partition(":")
         overrides += [f"distributor={name}"]
         overrides += [f"distributor.{kv}" for kv in args.split(",") if kv]
+    if privacy:
+        name, _, args = privacy.partition(":")
+        overrides += [f"privacy={name}", *(f"privacy.{kv}" for kv in args.split(",") if kv)]
     return overrides + ([f"client_state.store={store}"] if store else [])
 
 
@@ -114,7 +121,8 @@ def _bench(cfgs: dict, rounds: int) -> dict:
     runs = {m: RunState(p.initial_state, clients=build_store(
         cfgs[m].client_state.store, p.algorithm.client_state, list(data.train.client_ids),
         Path(folder.name) / str(i))) for i, (m, p) in enumerate(parts.items())}
-    results = {m: {"seconds": [], "up": p.comm.model.up, "down": p.comm.model.down,
+    results = {m: {"seconds": [], "down": p.comm.model.down,
+                   "up": p.comm.model.up_bits(p.spec.clients_per_round),  # secure sums grow
                    "measured": []} for m, p in parts.items()}
     client_ids = list(data.train.client_ids)
     examples = ClientExamples(data.train, data.task)  # decoded once, shared by every method

@@ -52,17 +52,20 @@ def method_aggregator(method: Method) -> tff.aggregators.WeightedAggregationFact
 
 
 class CodecSumFactory(tff.aggregators.UnweightedAggregationFactory):
-    """Sum of client values sent through a method's codecs (one per tensor)."""
+    """Sum of client values sent through a method's codecs (one per tensor); with `clip`,
+    of the decoded values each clipped to that L2 norm (privacy/aggregation.py)."""
 
-    def __init__(self, method: Method) -> None:
+    def __init__(self, method: Method, clip: float | None = None) -> None:
         self.method = method
+        self.clip = clip
 
     def create(self, value_type) -> tff.templates.AggregationProcess:
         specs = type_conversions.type_to_tf_tensor_specs(value_type)
         codecs = self.method.codecs([tuple(s.shape) for s in tf.nest.flatten(specs)])
         encode = tff.tensorflow.computation(value_type)(encode_fn(codecs, self.method.seed))
         parts = sum_parts(codecs, decode_fn(codecs, self.method.seed),
-                          encode.type_signature.result, lambda sums: restore(sums, specs))
+                          encode.type_signature.result, lambda sums: restore(sums, specs),
+                          self.clip)
         init_fn = tff.federated_computation(lambda: tff.federated_value((), tff.SERVER))
 
         @tff.federated_computation(init_fn.type_signature.result,

@@ -12,10 +12,14 @@ import tensorflow_federated as tff
 from federated_research.compression.codec import measured_bits
 
 
-def sum_parts(codecs, decode, message_type, finish):
+def sum_parts(codecs, decode, message_type, finish, clip: float | None = None):
     """`federated_aggregate`'s zero, accumulate, merge and report for the sum of the
     decoded messages, `finish`ed (reshaped, or voted); with variable-length codes the
-    sum also carries their total length, and report returns (value, bits)."""
+    sum also carries their total length, and report returns (value, bits).
+
+    `clip`: each decoded message is scaled to L2 norm at most `clip` before it is
+    added (differential privacy: a codec's error must not raise one client's
+    influence on the sum above the clip the noise is calibrated to)."""
     variable = any(c.variable for c in codecs)
     zero = tff.tensorflow.computation(lambda: ([tf.zeros([c.size], tf.float32) for c in codecs],
                                                tf.constant(0, tf.int64)))
@@ -24,7 +28,10 @@ def sum_parts(codecs, decode, message_type, finish):
     @tff.tensorflow.computation(sum_type, message_type)
     def accumulate(total, message):
         sums, bits = total
-        return ([t + x for t, x in zip(sums, decode(message), strict=True)],
+        decoded = decode(message)
+        if clip is not None:
+            decoded, _ = tf.clip_by_global_norm(decoded, clip)
+        return ([t + x for t, x in zip(sums, decoded, strict=True)],
                 bits + measured_bits(codecs, message))
 
     @tff.tensorflow.computation(sum_type, sum_type)

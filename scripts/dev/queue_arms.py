@@ -19,7 +19,8 @@ store, see compare_runs.py --export). It re-reads the preset before each launch 
 meanwhile is picked up), never starts a job whose run name is already running on the
 machine, and stops launching when `<out>/STOP` exists. The arms are the preset's
 `hydra.sweeper.arms` as written (its `group=*` arm is left out), read from
-conf/experiment/compression_vs_baseline.yaml, which both datasets' presets share.
+conf/experiment/<preset>.yaml or, where it has none, from the preset it extends
+(compression_vs_baseline_emnist takes compression_vs_baseline's).
 """
 
 from __future__ import annotations
@@ -35,14 +36,24 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-ARMS = ROOT / "conf" / "experiment" / "compression_vs_baseline.yaml"
+PRESETS = ROOT / "conf" / "experiment"
+
+
+def preset_arms(preset: str) -> list[str]:
+    """The arms of a preset, or of the first preset in its defaults list that has them."""
+    node = yaml.safe_load((PRESETS / f"{preset}.yaml").read_text())
+    arms = node.get("hydra", {}).get("sweeper", {}).get("arms")
+    if arms:
+        return [a for a in arms if "*" not in a]
+    parent = next(d for d in node["defaults"] if isinstance(d, str) and d != "_self_")
+    return preset_arms(parent)
 
 
 def job_name(arm: str, seed: int) -> str:
     parts = []
     for override in arm.split():
         key, value = override.split("=", 1)
-        if key == "aggregator":
+        if key in ("aggregator", "privacy"):
             parts.append(value)
         elif key.startswith("server_optimizer."):
             parts.append(f"slr{value}")
@@ -53,9 +64,8 @@ def job_name(arm: str, seed: int) -> str:
     return "-".join(parts) + f"-s{seed}"
 
 
-def jobs(seeds: list[int]) -> list[tuple[str, list[str]]]:
-    arms = [a for a in yaml.safe_load(ARMS.read_text())["hydra"]["sweeper"]["arms"]
-            if "*" not in a]
+def jobs(preset: str, seeds: list[int]) -> list[tuple[str, list[str]]]:
+    arms = preset_arms(preset)
     return [(job_name(arm, seed), [*arm.split(), f"seed={seed}"])
             for seed in seeds for arm in arms]
 
@@ -101,7 +111,7 @@ def main() -> None:
         tried = {run.name for path in args.done_in for run in run_records.load(path)}
     while not (args.out / "STOP").exists():
         done, busy = finished(args.store), running()
-        todo = [j for j in jobs(seeds) if j[0] not in done | busy | tried
+        todo = [j for j in jobs(args.preset, seeds) if j[0] not in done | busy | tried
                 and not (args.skip and re.search(args.skip, j[0]))]
         if not todo and not busy:
             break
