@@ -57,6 +57,10 @@ GROUPS = ("dataset", "model", "aggregator", "distributor", "algorithm", "client_
           "server_optimizer")
 
 
+# Params of groups added after runs were stored, at the value that changes nothing.
+ABSENT_DEFAULTS = {"privacy._target_": "federated_research.privacy.none.NoPrivacy"}
+
+
 class ReportError(Exception):
     """Nothing to report on (no such experiment or parent run, no finished run)."""
 
@@ -85,15 +89,19 @@ class Run:
 
     @property
     def config_key(self) -> tuple:
-        """Every param but the seeds and where the run was tracked."""
+        """Every param but the seeds and where the run was tracked; a group added later
+        at its do-nothing default (`privacy=none`) counts as absent, so a run made
+        before the group existed pools with one made after."""
         return tuple(sorted((k, v) for k, v in self.params.items()
                             if not (k == "seed" or k.endswith(".seed")
-                                    or k.startswith("tracking."))))
+                                    or k.startswith("tracking.")
+                                    or ABSENT_DEFAULTS.get(k) == v)))
 
     @property
     def is_baseline(self) -> bool:
         return (self.choices.get("aggregator") == "mean"
-                and self.choices.get("distributor", "plain") == "plain")
+                and self.choices.get("distributor", "plain") == "plain"
+                and self.choices.get("privacy", "none") == "none")
 
     def median_round_seconds(self) -> float | None:
         later = [v for s, v in sorted(self.round_seconds.items()) if s > 0]

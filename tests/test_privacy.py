@@ -357,3 +357,23 @@ def test_a_target_epsilon_is_met_by_the_run_it_configures(option):
     privacy.factory(None, spec).create(VALUE, WEIGHT)
     spent = privacy.accountant(spec).after_round(99, [], None)["privacy/epsilon"]
     assert 50 * 0.995 <= spent <= 50
+
+
+def test_runs_from_before_the_privacy_group_pool_with_runs_at_privacy_none():
+    """A stored study made before `privacy` existed keeps pooling with new runs of the
+    same configuration (privacy=none adds a param that changes nothing); a private run
+    is a configuration of its own and is never the baseline."""
+    from federated_research.report import Run
+
+    def run(params, choices):
+        return Run("id", "name", "0", params, choices, {}, {}, {}, {}, [])
+
+    old = run({"aggregator._target_": "M", "seed": "0"}, {"aggregator": "mean"})
+    new = run({"aggregator._target_": "M", "seed": "1",
+               "privacy._target_": "federated_research.privacy.none.NoPrivacy"},
+              {"aggregator": "mean", "privacy": "none"})
+    private = run({"aggregator._target_": "M",
+                   "privacy._target_": "federated_research.privacy.dp_fixed.DpFixed"},
+                  {"aggregator": "mean", "privacy": "dp_fixed"})
+    assert old.config_key == new.config_key != private.config_key
+    assert old.is_baseline and new.is_baseline and not private.is_baseline
