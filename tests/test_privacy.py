@@ -377,3 +377,18 @@ def test_runs_from_before_the_privacy_group_pool_with_runs_at_privacy_none():
                   {"aggregator": "mean", "privacy": "dp_fixed"})
     assert old.config_key == new.config_key != private.config_key
     assert old.is_baseline and new.is_baseline and not private.is_baseline
+
+
+def test_the_privacy_preset_sweeps_every_level_with_what_composes():
+    """privacy_vs_compression: 12 arms on FEMNIST (dataset=emnist), each valid; every
+    central level with the three compressors, distributed DP with mean at three rings."""
+    from hydra_plugins.federated_research_arms.arms_sweeper import ArmsSweeper
+
+    cfg = compose_config(["experiment=privacy_vs_compression"], hydra_config=True)
+    arms = ArmsSweeper(params=dict(cfg.hydra.sweeper.params),
+                       arms=list(cfg.hydra.sweeper.arms)).arms
+    assert len(arms) == 12 and cfg.dataset._target_.endswith("load_emnist")
+    for arm in arms:
+        validate(compose_config(["experiment=privacy_vs_compression", *arm]))
+    levels = {" ".join(o for o in arm if o.startswith("privacy")) for arm in arms}
+    assert len(levels) == 6  # none, two central levels, three rings

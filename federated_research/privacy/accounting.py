@@ -219,13 +219,18 @@ def sampled_without_replacement(rdp, alpha: int, q: float) -> float:
     if q >= 1:
         return rdp(alpha)
     eps2 = rdp(2)
-    second = min(math.log(4) + math.log(math.expm1(eps2)), math.log(2) + eps2)
+    second = min(math.log(4) + _log_expm1(eps2), math.log(2) + eps2)
     terms = [0.0, 2 * math.log(q) + _log_comb(alpha, 2) + second]
     terms += [math.log(2) + j * math.log(q) + _log_comb(alpha, j) + (j - 1) * rdp(j)
               for j in range(3, alpha + 1)]
     top = max(terms)
     log_a = top + math.log(sum(math.exp(t - top) for t in terms))
     return min(log_a / (alpha - 1), rdp(alpha))
+
+
+def _log_expm1(x: float) -> float:
+    """log(e^x - 1), without overflow for large x."""
+    return x + math.log1p(-math.exp(-x)) if x > 1 else math.log(math.expm1(x))
 
 
 def _log_comb(n: int, k: int) -> float:

@@ -167,7 +167,14 @@ def _calibrated_noise(options, spec, value_type) -> float:
                    options.bits, float(_clip_prob_to_num_stddevs(1e-4)), 0.0,
                    f"distributed_{options.mechanism}")
     delta = default_delta(spec.population) if options.delta is None else options.delta
-    noise = ddp_noise_for(options.target_epsilon, ddp, spec, delta)
+    try:
+        noise = ddp_noise_for(options.target_epsilon, ddp, spec, delta)
+    except ValueError:
+        raise ConfigError(f"privacy.target_epsilon={options.target_epsilon}",
+                          f"no noise reaches it at {options.bits} bits for {padded:,} "
+                          "coordinates: rounding onto so small a ring inflates the "
+                          "sensitivity more than any noise covers",
+                          "raise privacy.bits or privacy.target_epsilon") from None
     if options.auto_clip and noise >= 0.1 * n:
         raise ConfigError(f"privacy.target_epsilon={options.target_epsilon}",
                           f"it needs noise multiplier {noise:.3g}, and with auto_clip the clip "
