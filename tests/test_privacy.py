@@ -201,6 +201,20 @@ def test_epsilon_reproduces_tf_privacy_published_value():
     assert value == pytest.approx(0.7242234026109595, rel=1e-9)
 
 
+def test_epsilon_of_many_rounds_equals_dp_accountings_own_composition():
+    """One round's RDP, cached and multiplied by the rounds, against dp_accounting's
+    public API composing the same event 150 times (sampling without replacement)."""
+    import dp_accounting
+
+    event = dp_accounting.SelfComposedDpEvent(dp_accounting.SampledWithoutReplacementDpEvent(
+        300, 10, dp_accounting.GaussianDpEvent(0.9 / 2)), 150)
+    accountant = dp_accounting.rdp.RdpAccountant(
+        ORDERS, dp_accounting.NeighboringRelation.REPLACE_ONE)
+    expected = accountant.compose(event).get_epsilon(1e-5)
+    assert epsilon(0.9, 150, 1e-5, population=300, sample_size=10) == \
+        pytest.approx(expected, rel=1e-12)
+
+
 def test_full_participation_epsilon_equals_the_gaussian_rdp_formula():
     """All clients every round, replace-one: a Gaussian of noise z / 2 composed T times,
     RDP T a / (2 (z/2)^2), converted as dp_accounting does (Canonne et al. 2020)."""

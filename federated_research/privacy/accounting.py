@@ -20,6 +20,7 @@ RDP, not PLD: dp_accounting's PLD accountant has no sampling without replacement
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 
@@ -47,6 +48,15 @@ def epsilon(noise_multiplier: float, rounds: int, delta: float, *, population: i
         return 0.0
     if noise_multiplier == 0:
         return math.inf
+    one = round_rdp_gaussian(noise_multiplier, population, sample_size, sampling)
+    return rdp_epsilon([rounds * r for r in one], ORDERS, delta)
+
+
+@functools.lru_cache(maxsize=256)
+def round_rdp_gaussian(noise_multiplier: float, population: int, sample_size: int,
+                       sampling: str) -> tuple[float, ...]:
+    """One round's RDP at ORDERS, from dp_accounting's RDP accountant; composition over
+    rounds is a product (RDP adds up), so a run computes this once, not every round."""
     if sampling == "poisson":
         relation = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
         event = dp_accounting.PoissonSampledDpEvent(
@@ -60,8 +70,8 @@ def epsilon(noise_multiplier: float, rounds: int, delta: float, *, population: i
     else:
         raise ValueError(f"sampling={sampling}: fixed or poisson")
     accountant = dp_accounting.rdp.RdpAccountant(ORDERS, relation)
-    accountant.compose(dp_accounting.SelfComposedDpEvent(event, rounds))
-    return float(accountant.get_epsilon(delta))
+    accountant.compose(event)
+    return tuple(float(r) for r in accountant._rdp)  # its RDP vector: no public getter
 
 
 def noise_for(target_epsilon: float, rounds: int, delta: float, *, population: int,
