@@ -61,13 +61,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     accuracy = summary.get("eval/accuracy", math.nan)
     up = summary.get("comm/aggregated_bits_cumulative", 0)
+    spent = (f", epsilon {summary['privacy/epsilon']:.4g} at delta {summary['privacy/delta']:.3g}"
+             if "privacy/epsilon" in summary else "")
     if hydra_cfg.mode == RunMode.MULTIRUN:  # one line per job; the sweep says where to look
-        log.info("job %d %s: eval accuracy %.4f, %s up, %s down, %.0f s", hydra_cfg.job.num,
-                 name, accuracy, _bits(up), _bits(summary.get("comm/broadcasted_bits_cumulative",
-                                                              0)), summary["job_seconds"])
+        log.info("job %d %s: eval accuracy %.4f%s, %s up, %s down, %.0f s", hydra_cfg.job.num,
+                 name, accuracy, spent, _bits(up),
+                 _bits(summary.get("comm/broadcasted_bits_cumulative", 0)), summary["job_seconds"])
     else:
-        log.info("done: eval accuracy %.4f, %d bits uploaded, %.2f s/round; outputs in %s; %s",
-                 accuracy, up, summary["mean_round_seconds"], output_dir,
+        log.info("done: eval accuracy %.4f%s, %d bits uploaded, %.2f s/round; outputs in %s; %s",
+                 accuracy, spent, up, summary["mean_round_seconds"], output_dir,
                  mlflow_ui_hint(cfg.tracking.mlflow_uri))
     return summary
 

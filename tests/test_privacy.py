@@ -292,6 +292,7 @@ def test_a_private_run_logs_epsilon_and_its_bits_in_mlflow_and_tensorboard(tmp_p
                    "model=linear", "rounds=2", "dataset.num_clients=8", "clients_per_round=4",
                    "eval_every=2", f"hydra.run.dir={tmp_path}/out", timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert ", epsilon " in (tmp_path / "out" / "train.log").read_text()  # the done: line
     client, runs = _runs(mlflow_uri)
     (run,) = runs
     assert run.info.status == "FINISHED" and run.data.tags["privacy"] == "dp_fixed"
