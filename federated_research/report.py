@@ -53,8 +53,8 @@ from federated_research.tracking.sweep import (
     key_value_label,
 )
 
-GROUPS = ("dataset", "model", "aggregator", "distributor", "algorithm", "client_optimizer",
-          "server_optimizer")
+GROUPS = ("dataset", "model", "aggregator", "distributor", "privacy", "algorithm",
+          "client_optimizer", "server_optimizer")
 
 
 # Params of groups added after runs were stored, at the value that changes nothing.
@@ -82,6 +82,7 @@ class Run:
     train_clients: int | None = None    # the population clients are sampled from
     # federated evaluation (fed_eval/*): pooled accuracy, and the per-client spread
     fed_eval: dict[str, dict[int, float]] = field(default_factory=dict)
+    epsilon: float | None = None        # privacy/epsilon at the last round (DP runs)
 
     @property
     def final_accuracy(self) -> float | None:
@@ -169,7 +170,8 @@ def _load(client, mlflow_run, tmp: str) -> Run:
         round_seconds=_history(client, run_id, "time/round_seconds"),
         update_nmse=list(_history(client, run_id, "comm/update_nmse").values()),
         fed_eval={key: _history(client, run_id, f"fed_eval/{key}") for key in FED_EVAL_CURVES},
-        train_clients=_int(mlflow_run.data.metrics.get("data/train_clients")))
+        train_clients=_int(mlflow_run.data.metrics.get("data/train_clients")),
+        epsilon=mlflow_run.data.metrics.get("privacy/epsilon"))
     try:
         comm = json.loads(Path(client.download_artifacts(run_id, "comm_bits.json",
                                                          tmp)).read_text())
@@ -253,7 +255,8 @@ def _label_parts(params: list[dict], firsts: list[Run], groups: list[str],
     labels = []
     for p, first in zip(params, firsts, strict=True):
         parts = [first.choices.get(g, "?") for g in groups
-                 if not (g == "distributor" and first.choices.get(g) == "plain")]
+                 if (g, first.choices.get(g)) not in (("distributor", "plain"),
+                                                      ("privacy", "none"))]
         # Keys under a group whose option differs are said by the option, unless they
         # also differ between configurations of the same option of that group (topk at
         # 1% and 0.1%; eden at 1 bit, and at 0.95 with a compressing downlink).
@@ -416,10 +419,30 @@ def summarise(runs: list[Run], target: float | None = None,
                                 if r.median_round_seconds() and b.median_round_seconds())
             if paired else None,
             "update_nmse": _mean(_mean(r.update_nmse) for r in group),
+            "epsilon": _mean(r.epsilon for r in group if r.epsilon is not None),
+            "privacy": privacy_level(group[0]),
             "rounds": max((max(r.accuracy) + 1 for r in group if r.accuracy), default=0)})
     rows.sort(key=lambda r: (-(r["up_bits"] or 0), r["config"]))
     return rows, {"target": target, "budget": budget, "configs": configs, "labels": labels,
-                  "filled": filled}
+                  "filled": filled, "private": any(r["privacy"] != "none" for r in rows)}
+
+
+def privacy_level(run: Run) -> str:
+    """`none`, or the privacy option with what sets its level: `dp_fixed noise 0.5`,
+    `distributed_dp 16 bits`."""
+    option = run.choices.get("privacy", "none")
+    if option == "none":
+        return option
+    words = [option]
+    for key, say in (("noise_multiplier", "noise {}"), ("target_epsilon", "epsilon {}"),
+                     ("bits", "{} bits")):
+        value = run.params.get(f"privacy.{key}")
+        if value not in (None, "None"):
+            if key == "noise_multiplier" and run.params.get("privacy.target_epsilon") not in (
+                    None, "None"):
+                continue  # the target chose the noise
+            words.append(say.format(value))
+    return " ".join(words)
 
 
 COLUMNS = [("config", "configuration", "{}"), ("seeds", "seeds", "{}"),
@@ -433,7 +456,8 @@ COLUMNS = [("config", "configuration", "{}"), ("seeds", "seeds", "{}"),
            ("rounds_to_target", "rounds to target", "{:.0f}"),
            ("bits_to_target", "up bits to target", "{:,.0f}"),
            ("accuracy_at_budget", "acc at budget", "{:.4f}"),
-           ("time_ratio", "time ratio", "{:.2f}"), ("update_nmse", "update nmse", "{:.3f}")]
+           ("time_ratio", "time ratio", "{:.2f}"), ("update_nmse", "update nmse", "{:.3f}"),
+           ("epsilon", "epsilon", "{:,.4g}")]
 NOT_DISTINGUISHABLE = "n.s."  # the interval holds 0: not told apart from the baseline
 RISING = "rising"  # its late gain's interval is above 0: not plateaued
 SPREAD = {"rounds_to_target": ("rounds_to_target_std", "{:.0f}"),
@@ -488,8 +512,8 @@ def shown_columns(settings: dict) -> list[tuple[str, str, str]]:
     """COLUMNS, or those `settings["columns"]` names (keys of COLUMNS), in their order:
     the configuration's name always first."""
     wanted = settings.get("columns")
-    if not wanted:
-        return COLUMNS
+    if not wanted:  # epsilon only where a run is private
+        return [c for c in COLUMNS if c[0] != "epsilon" or settings.get("private")]
     return [c for c in COLUMNS if c[0] == "config"] + [
         c for key in wanted for c in COLUMNS if c[0] == key and key != "config"]
 
@@ -560,6 +584,8 @@ def plot(rows: list[dict], settings: dict, out_dir: Path, title: str) -> list[Pa
                                                                 colors, title),
                "rate_accuracy.png": _plot_rate_accuracy(rows, settings, by_label, colors, title),
                "pareto.png": _plot_pareto(rows, colors, title)}
+    if settings.get("private"):
+        figures["privacy.png"] = _plot_privacy(rows, title)
     paths = [_save(fig, out_dir / name) for name, fig in figures.items()]
     if any(r.fed_eval.get("accuracy") for runs in by_label.values() for r in runs):
         paths.append(_plot_evaluations(rows, by_label, colors, out_dir, title))
@@ -609,6 +635,37 @@ def _plot_rate_accuracy(rows, settings, by_label, colors, title: str):
     ax.set_title(f"{title}: rate-accuracy")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, ncol=2)
+    return fig
+
+
+def _plot_privacy(rows, title: str):
+    """Final accuracy against uplink bits, one series per privacy level (its compressors
+    joined, fewest bits first), each point with its 95% interval over the seeds."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    levels: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        if row["up_bits"] and row["accuracy"] is not None:
+            levels[row["privacy"]].append(row)
+    for i, (level, group) in enumerate(sorted(levels.items())):
+        group.sort(key=lambda r: r["up_bits"])
+        xs, ys = [r["up_bits"] for r in group], [r["accuracy"] for r in group]
+        errs = [(r["accuracy"] - r["accuracy_ci"][0]) if r["accuracy_ci"] else 0.0
+                for r in group]
+        eps = next((r["epsilon"] for r in group if r["epsilon"] is not None), None)
+        label = level + (f" (epsilon {eps:,.4g})" if eps is not None else "")
+        ax.errorbar(xs, ys, yerr=errs, marker="o", ms=4, capsize=3, color=plt.cm.tab10(i % 10),
+                    label=label)
+        for row in group:
+            ax.annotate(row["config"], (row["up_bits"], row["accuracy"]), fontsize=6,
+                        xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("cumulative uplink bits (all clients; log scale)")
+    ax.set_ylabel("final eval accuracy (mean over seeds, bar = 95% t interval)")
+    ax.set_title(f"{title}: accuracy against uplink bits, by privacy level")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
     return fig
 
 

@@ -407,3 +407,41 @@ def test_the_privacy_preset_sweeps_every_level_with_what_composes():
         validate(compose_config(["experiment=privacy_vs_compression", *arm]))
     levels = {" ".join(o for o in arm if o.startswith("privacy")) for arm in arms}
     assert len(levels) == 6  # none, two central levels, three rings
+
+
+def test_the_report_adds_epsilon_and_a_plot_by_privacy_level(tmp_path):
+    """Private configurations are compared with the non-private mean, get an epsilon
+    column, and a plot with one series per privacy level; a study without privacy keeps
+    its table as it was."""
+    from federated_research.report import markdown, summarise, write_report
+    from federated_research.report import Run
+
+    def run(seed, aggregator, privacy, accuracy, up, eps=None, **keys):
+        params = {"aggregator._target_": aggregator, "rounds": "2", **{
+            f"privacy.{k}": str(v) for k, v in keys.items()}}
+        if privacy != "none":
+            params["privacy._target_"] = privacy
+        return Run(f"{aggregator}{privacy}{keys}{seed}", "n", str(seed), params,
+                   {"aggregator": aggregator, "privacy": privacy},
+                   {0: accuracy - 0.1, 1: accuracy + 0.001 * seed}, {0: up / 2, 1: up},
+                   {0: 1.0, 1: 2.0}, {0: 1.0, 1: 1.0}, [], epsilon=eps)
+
+    runs = [r for s in (0, 1, 2) for r in (
+        run(s, "mean", "none", 0.9, 3200),
+        run(s, "drive", "none", 0.9, 100),
+        run(s, "mean", "dp_fixed", 0.8, 3200, 12.5, noise_multiplier=0.5),
+        run(s, "drive", "dp_fixed", 0.79, 100, 12.5, noise_multiplier=0.5),
+        run(s, "mean", "distributed_dp", 0.78, 2000, 12.4, bits=16, target_epsilon=12.5))]
+    rows, settings = summarise(runs)
+    by = {r["config"]: r for r in rows}
+    assert {r["privacy"] for r in rows} == {"none", "dp_fixed noise 0.5",
+                                          "distributed_dp epsilon 12.5 16 bits"}
+    private = next(r for r in rows if r["privacy"] == "dp_fixed noise 0.5"
+                   and r["up_bits"] == 3200)
+    assert private["accuracy_delta"] == pytest.approx(-10.0)  # against mean, no privacy
+    assert private["epsilon"] == 12.5 and by["mean"]["epsilon"] is None
+    assert "| epsilon |" in markdown(rows, settings)
+    paths = write_report(rows, settings, tmp_path, "t")
+    assert tmp_path / "privacy.png" in paths and (tmp_path / "privacy.png").stat().st_size
+    plain_rows, plain = summarise([r for r in runs if r.choices["privacy"] == "none"])
+    assert "epsilon" not in markdown(plain_rows, plain)
