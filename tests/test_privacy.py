@@ -413,8 +413,7 @@ def test_the_report_adds_epsilon_and_a_plot_by_privacy_level(tmp_path):
     """Private configurations are compared with the non-private mean, get an epsilon
     column, and a plot with one series per privacy level; a study without privacy keeps
     its table as it was."""
-    from federated_research.report import markdown, summarise, write_report
-    from federated_research.report import Run
+    from federated_research.report import Run, markdown, summarise, write_report
 
     def run(seed, aggregator, privacy, accuracy, up, eps=None, **keys):
         params = {"aggregator._target_": aggregator, "rounds": "2", **{

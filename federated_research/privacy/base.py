@@ -16,7 +16,7 @@ from typing import ClassVar
 from omegaconf import DictConfig
 
 from federated_research.errors import ConfigError
-from federated_research.options import Options
+from federated_research.options import Options, require
 
 MEAN = "tensorflow_federated.aggregators.MeanFactory"
 
@@ -114,3 +114,30 @@ def _option(target: str) -> str:
         if f"_target_: {target}\n" in path.read_text():
             return path.stem
     return target.rsplit(".", 1)[-1]
+
+
+@dataclass
+class ClippedGaussian(Privacy):
+    """The options of a central Gaussian mechanism on updates clipped to `clip`."""
+
+    noise_multiplier: float = 1.0  # the noise's standard deviation over the clip
+    clip: float = 0.1              # L2 norm each client's update is clipped to
+    delta: float | None = None     # epsilon's delta; null = 1 / population^1.1
+
+    compresses: ClassVar[bool] = True
+
+    def check(self) -> None:
+        require(self.noise_multiplier >= 0, "noise_multiplier", self.noise_multiplier,
+                "is the noise's standard deviation over the clip: 0 or more", 1.0)
+        require(self.clip > 0, "clip", self.clip, "is an L2 norm: positive", 0.1)
+        check_delta(self.delta)
+
+
+def check_delta(delta: float | None) -> None:
+    require(delta is None or 0 < delta < 1, "delta", delta,
+            "is a probability: between 0 and 1 (null = 1 / population^1.1)", 1e-5)
+
+
+def check_target(target: float | None) -> None:
+    require(target is None or target > 0, "target_epsilon", target,
+            "must be positive (null = use noise_multiplier as set)", 8)

@@ -17,8 +17,8 @@ from omegaconf import DictConfig
 
 from federated_research.errors import ConfigError
 from federated_research.options import require
-from federated_research.privacy.base import Privacy, PrivacySpec
-from federated_research.privacy.dp_fixed import check_delta, check_target, with_target_noise
+from federated_research.privacy.base import Privacy, PrivacySpec, check_delta, check_target
+from federated_research.privacy.dp_fixed import with_target_noise
 
 
 @dataclass

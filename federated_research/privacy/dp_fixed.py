@@ -8,27 +8,17 @@ sum and divides by the expected clients a round. Noise comes from the run's seed
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import ClassVar
 
-from federated_research.options import require
-from federated_research.privacy.base import Privacy, PrivacySpec
+from federated_research.privacy.base import ClippedGaussian, PrivacySpec, check_target
 
 
 @dataclass
-class DpFixed(Privacy):
-    noise_multiplier: float = 1.0  # noise std over the clip: epsilon falls as it rises
-    clip: float = 0.1              # L2 norm each client's update is clipped to
-    delta: float | None = None     # epsilon's delta; null = 1 / population^1.1
+class DpFixed(ClippedGaussian):
     target_epsilon: float | None = None  # set: noise_multiplier is chosen to end the run at it
     seed: int = 0
 
-    compresses: ClassVar[bool] = True
-
     def check(self) -> None:
-        require(self.noise_multiplier >= 0, "noise_multiplier", self.noise_multiplier,
-                "is the noise's standard deviation over the clip: 0 or more", 1.0)
-        require(self.clip > 0, "clip", self.clip, "is an L2 norm: positive", 0.1)
-        check_delta(self.delta)
+        super().check()
         check_target(self.target_epsilon)
 
     def for_run(self, spec: PrivacySpec) -> DpFixed:
@@ -55,16 +45,6 @@ class DpFixed(Privacy):
 
         return SampledGaussian(self.noise_multiplier, spec, self.delta,
                                noise_stddev=self.noise_multiplier * self.clip)
-
-
-def check_delta(delta: float | None) -> None:
-    require(delta is None or 0 < delta < 1, "delta", delta,
-            "is a probability: between 0 and 1 (null = 1 / population^1.1)", 1e-5)
-
-
-def check_target(target: float | None) -> None:
-    require(target is None or target > 0, "target_epsilon", target,
-            "must be positive (null = use noise_multiplier as set)", 8)
 
 
 def with_target_noise(options, spec: PrivacySpec):

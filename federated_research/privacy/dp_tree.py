@@ -11,28 +11,16 @@ client really took part (accounting.TreeAccountant).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
-from federated_research.options import require
-from federated_research.privacy.base import Privacy, PrivacySpec
-from federated_research.privacy.dp_fixed import check_delta
+from federated_research.privacy.base import ClippedGaussian, PrivacySpec
 
 
 @dataclass
-class DpTree(Privacy):
-    noise_multiplier: float = 1.0  # each tree node's noise std over the clip
-    clip: float = 0.1              # L2 norm each client's update is clipped to
+class DpTree(ClippedGaussian):
+    """noise_multiplier: each tree node's noise standard deviation over the clip."""
+
     efficient: bool = True         # Honaker's estimator: less noise from the same nodes
-    delta: float | None = None     # epsilon's delta; null = 1 / population^1.1
     seed: int = 0
-
-    compresses: ClassVar[bool] = True
-
-    def check(self) -> None:
-        require(self.noise_multiplier >= 0, "noise_multiplier", self.noise_multiplier,
-                "is the noise's standard deviation over the clip: 0 or more", 1.0)
-        require(self.clip > 0, "clip", self.clip, "is an L2 norm: positive", 0.1)
-        check_delta(self.delta)
 
     def factory(self, method, spec: PrivacySpec):
         from federated_research.privacy.aggregation import TreeFactory, UnweightedMean, record_sum
