@@ -103,13 +103,14 @@ def test_the_seeded_query_draws_normal_noise():
     assert float(event.noise_multiplier) == pytest.approx(0.25)
 
 
+@pytest.mark.parametrize("option", ["dp_fixed", "dp_tree"])
 @pytest.mark.parametrize("name", ACCEPTED)
-def test_dp_fixed_takes_every_mean_compressor_and_keeps_the_sensitivity(name):
+def test_central_dp_takes_every_mean_compressor_and_keeps_the_sensitivity(name, option):
     """A compressor encodes the clipped update; the server clips each decoded update
     again, so even an inflating codec cannot raise one client's influence above clip.
     One real round each, no noise: the result's norm is within clients x clip / n."""
     method = _method(name)
-    process = _process(_privacy("dp_fixed", noise_multiplier=0, clip=1.0), method)
+    process = _process(_privacy(option, noise_multiplier=0, clip=1.0), method)
     output = process.next(process.initialize(), _clients([5.0, 1.0, 0.2], seed=1),
                           [1.0, 1.0, 1.0])
     result = _flat(output.result)
