@@ -171,9 +171,9 @@ def _calibrated_noise(options, spec, value_type) -> float:
         noise = ddp_noise_for(options.target_epsilon, ddp, spec, delta)
     except ValueError:
         raise ConfigError(f"privacy.target_epsilon={options.target_epsilon}",
-                          f"no noise reaches it at {options.bits} bits for {padded:,} "
-                          "coordinates: rounding onto so small a ring inflates the "
-                          "sensitivity more than any noise covers",
+                          f"no noise multiplier up to 10,000 reaches it at {options.bits} "
+                          f"bits for {padded:,} coordinates (the more noise, the coarser the "
+                          "grid on a ring this small, and rounding inflates the sensitivity)",
                           "raise privacy.bits or privacy.target_epsilon") from None
     if options.auto_clip and noise >= 0.1 * n:
         raise ConfigError(f"privacy.target_epsilon={options.target_epsilon}",

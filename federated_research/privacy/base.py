@@ -45,7 +45,7 @@ class Privacy(Options):
         name = self.option_name()
         if cfg.client.update_clip_norm is not None:
             raise ConfigError(f"client.update_clip_norm={cfg.client.update_clip_norm}",
-                              f"privacy={name} clips each update itself",
+                              f"privacy={name} builds the uplink with its own clipping",
                               "drop client.update_clip_norm (set privacy.clip where it has one)")
         algorithm = str(cfg.algorithm.get("_target_", "")).rsplit(".", 1)[-1]
         if algorithm in ("build_scaffold", "build_centralized"):
