@@ -254,9 +254,9 @@ def _label_parts(params: list[dict], firsts: list[Run], groups: list[str],
     differing = [n for n in names if len({p.get(n) for p in params}) > 1]
     labels = []
     for p, first in zip(params, firsts, strict=True):
-        parts = [first.choices.get(g, "?") for g in groups
-                 if (g, first.choices.get(g)) not in (("distributor", "plain"),
-                                                      ("privacy", "none"))]
+        chosen = {g: first.choices.get(g, "none" if g == "privacy" else "?") for g in groups}
+        parts = [chosen[g] for g in groups  # (a run from before `privacy` had none)
+                 if (g, chosen[g]) not in (("distributor", "plain"), ("privacy", "none"))]
         # Keys under a group whose option differs are said by the option, unless they
         # also differ between configurations of the same option of that group (topk at
         # 1% and 0.1%; eden at 1 bit, and at 0.95 with a compressing downlink).
