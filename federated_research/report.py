@@ -651,8 +651,9 @@ def _plot_privacy(rows, title: str):
     for i, (level, group) in enumerate(sorted(levels.items())):
         group.sort(key=lambda r: r["up_bits"])
         xs, ys = [r["up_bits"] for r in group], [r["accuracy"] for r in group]
-        errs = [(r["accuracy"] - r["accuracy_ci"][0]) if r["accuracy_ci"] else 0.0
-                for r in group]
+        errs = [r["accuracy"] - r["accuracy_ci"][0]
+                if r["accuracy_ci"] and r["accuracy_ci"][0] is not None else 0.0
+                for r in group]  # one seed: no interval
         eps = next((r["epsilon"] for r in group if r["epsilon"] is not None), None)
         label = level + (f" (epsilon {eps:,.4g})" if eps is not None else "")
         ax.errorbar(xs, ys, yerr=errs, marker="o", ms=4, capsize=3, color=plt.cm.tab10(i % 10),

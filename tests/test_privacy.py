@@ -444,5 +444,8 @@ def test_the_report_adds_epsilon_and_a_plot_by_privacy_level(tmp_path):
     assert "| epsilon |" in markdown(rows, settings)
     paths = write_report(rows, settings, tmp_path, "t")
     assert tmp_path / "privacy.png" in paths and (tmp_path / "privacy.png").stat().st_size
+    one_seed, settings = summarise([r for r in runs if r.seed == "0"])
+    assert tmp_path / "one" / "privacy.png" in write_report(one_seed, settings, tmp_path / "one",
+                                                            "t")  # no interval to draw
     plain_rows, plain = summarise([r for r in runs if r.choices["privacy"] == "none"])
     assert "epsilon" not in markdown(plain_rows, plain)
