@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 
 import dp_accounting
 
-from federated_research.privacy.base import PrivacySpec
+from federated_research.privacy.base import PrivacySpec, count_stddev
 
 # TF Privacy's orders (compute_dp_sgd_privacy_lib), so its published values reproduce.
 ORDERS = ([1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 3.0, 3.5, 4.0, 4.5] + list(range(5, 64))
@@ -275,7 +275,8 @@ class DdpRound:
     def of(cls, factory) -> DdpRound:
         """Read off a built `DistributedDpSumFactory` (after `create`)."""
         auto = factory._auto_l2_clip
-        count = 0.05 * factory._num_clients if auto and factory._noise_multiplier > 0 else None
+        count = (count_stddev(factory._num_clients) if auto and factory._noise_multiplier > 0
+                 else None)
         return cls(factory._initial_l2_clip, factory._num_clients, factory._padded_dim,
                    factory._value_noise_mult, count, factory._bits, factory._k_stddevs,
                    factory._beta, factory._mechanism)
@@ -346,7 +347,7 @@ def ddp_noise_for(target_epsilon: float, ddp: DdpRound, spec: PrivacySpec,
     )
 
     def spent(z: float) -> float:
-        count = 0.05 * ddp.clients if ddp.count_stddev is not None else None
+        count = count_stddev(ddp.clients) if ddp.count_stddev is not None else None
         value = adaptive_clip_noise_params(z, ddp.clients, count)[0] if count else z
         rdp = round_rdp(replace(ddp, value_noise=value, count_stddev=count), spec)
         return rdp_epsilon([spec.rounds * r for r in rdp], INT_ORDERS, delta)

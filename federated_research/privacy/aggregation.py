@@ -158,12 +158,13 @@ def _calibrated_noise(options, spec, value_type) -> float:
 
     from federated_research.errors import ConfigError
     from federated_research.privacy.accounting import DdpRound, ddp_noise_for, default_delta
+    from federated_research.privacy.base import count_stddev
 
     specs = tf.nest.flatten(type_conversions.type_to_tf_tensor_specs(value_type))
     dim = sum(int(s.shape.num_elements()) for s in specs)
     padded = 2 ** math.ceil(math.log2(dim)) if options.rotation == "hd" else math.ceil(dim / 2) * 2
     n = spec.clients_per_round
-    ddp = DdpRound(options.clip, n, padded, 0.0, 0.05 * n if options.auto_clip else None,
+    ddp = DdpRound(options.clip, n, padded, 0.0, count_stddev(n) if options.auto_clip else None,
                    options.bits, float(_clip_prob_to_num_stddevs(1e-4)), 0.0,
                    f"distributed_{options.mechanism}")
     delta = default_delta(spec.population) if options.delta is None else options.delta
@@ -175,10 +176,10 @@ def _calibrated_noise(options, spec, value_type) -> float:
                           f"bits for {padded:,} coordinates (the more noise, the coarser the "
                           "grid on a ring this small, and rounding inflates the sensitivity)",
                           "raise privacy.bits or privacy.target_epsilon") from None
-    if options.auto_clip and noise >= 0.1 * n:
+    if options.auto_clip and noise >= 2 * count_stddev(n):
         raise ConfigError(f"privacy.target_epsilon={options.target_epsilon}",
                           f"it needs noise multiplier {noise:.3g}, and with auto_clip the clip "
-                          f"count's noise allows at most {0.1 * n:g}",
+                          f"count's noise allows at most {2 * count_stddev(n):g}",
                           "pass privacy.auto_clip=false, raise privacy.target_epsilon or "
                           "clients_per_round")
     return noise

@@ -127,10 +127,21 @@ class ClippedGaussian(Privacy):
     compresses: ClassVar[bool] = True
 
     def check(self) -> None:
-        require(self.noise_multiplier >= 0, "noise_multiplier", self.noise_multiplier,
-                "is the noise's standard deviation over the clip: 0 or more", 1.0)
+        check_noise(self.noise_multiplier)
         require(self.clip > 0, "clip", self.clip, "is an L2 norm: positive", 0.1)
         check_delta(self.delta)
+
+
+def count_stddev(clients_per_round: int) -> float:
+    """TFF's default noise on an adaptive clip's count of unclipped updates (Andrew et
+    al. 2021: expected clients / 20); the total noise multiplier must stay below twice
+    it, i.e. below 0.1 x clients_per_round."""
+    return 0.05 * clients_per_round
+
+
+def check_noise(noise_multiplier: float) -> None:
+    require(noise_multiplier >= 0, "noise_multiplier", noise_multiplier,
+            "is the noise's standard deviation over the clip: 0 or more", 1.0)
 
 
 def check_delta(delta: float | None) -> None:

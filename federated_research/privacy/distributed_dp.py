@@ -20,7 +20,14 @@ from omegaconf import DictConfig
 
 from federated_research.errors import ConfigError
 from federated_research.options import require
-from federated_research.privacy.base import Privacy, PrivacySpec, check_delta, check_target
+from federated_research.privacy.base import (
+    Privacy,
+    PrivacySpec,
+    check_delta,
+    check_noise,
+    check_target,
+    count_stddev,
+)
 
 MECHANISMS = ("skellam", "dgauss")
 ROTATIONS = ("hd", "dft")
@@ -46,8 +53,7 @@ class DistributedDp(Privacy):
         "privacy.bits for fewer bits")
 
     def check(self) -> None:
-        require(self.noise_multiplier >= 0, "noise_multiplier", self.noise_multiplier,
-                "is the noise's standard deviation over the clip: 0 or more", 1.0)
+        check_noise(self.noise_multiplier)
         require(1 <= self.bits <= 22, "bits", self.bits,
                 "is the secure sum's ring width: 1 to 22 (TFF keeps it in float32)", 16)
         require(self.mechanism in MECHANISMS, "mechanism", self.mechanism,
@@ -68,12 +74,12 @@ class DistributedDp(Privacy):
                               "would wrap around its ring too often", f"pass privacy.bits={need} "
                               "or more, or lower clients_per_round")
         if (self.target_epsilon is None and self.auto_clip  # a target's noise: checked when chosen
-                and self.noise_multiplier >= 0.1 * n > 0):
+                and self.noise_multiplier >= 2 * count_stddev(n) > 0):
             raise ConfigError(f"privacy.noise_multiplier={self.noise_multiplier}",
                               "with auto_clip the clip count's noise (0.05 x clients_per_round) "
                               "must be more than half the total noise multiplier",
-                              f"lower it below {0.1 * n:g}, raise clients_per_round, or pass "
-                              "privacy.auto_clip=false")
+                              f"lower it below {2 * count_stddev(n):g}, raise clients_per_round, "
+                              "or pass privacy.auto_clip=false")
 
     def factory(self, method, spec: PrivacySpec):
         from federated_research.privacy.aggregation import DistributedDpFactory, UnweightedMean

@@ -17,7 +17,14 @@ from omegaconf import DictConfig
 
 from federated_research.errors import ConfigError
 from federated_research.options import require
-from federated_research.privacy.base import Privacy, PrivacySpec, check_delta, check_target
+from federated_research.privacy.base import (
+    Privacy,
+    PrivacySpec,
+    check_delta,
+    check_noise,
+    check_target,
+    count_stddev,
+)
 from federated_research.privacy.dp_fixed import with_target_noise
 
 
@@ -38,8 +45,7 @@ class DpAdaptive(Privacy):
         "privacy=dp_fixed composes with compression")
 
     def check(self) -> None:
-        require(self.noise_multiplier >= 0, "noise_multiplier", self.noise_multiplier,
-                "is the noise's standard deviation over the clip: 0 or more", 1.0)
+        check_noise(self.noise_multiplier)
         require(self.initial_clip > 0, "initial_clip", self.initial_clip,
                 "is an L2 norm: positive", 0.1)
         require(0 <= self.target_quantile <= 1, "target_quantile", self.target_quantile,
@@ -66,7 +72,7 @@ class DpAdaptive(Privacy):
     def count_stddev(self, clients_per_round: int) -> float:
         if self.clipped_count_stddev is not None:
             return self.clipped_count_stddev
-        return 0.05 * clients_per_round if self.noise_multiplier > 0 else 0.0
+        return count_stddev(clients_per_round) if self.noise_multiplier > 0 else 0.0
 
     def check_run(self, cfg: DictConfig) -> None:
         super().check_run(cfg)
