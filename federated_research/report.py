@@ -429,13 +429,14 @@ def summarise(runs: list[Run], target: float | None = None,
 
 def privacy_level(run: Run) -> str:
     """`none`, or the privacy option with what sets its level: `dp_fixed noise 0.5`,
-    `distributed_dp 16 bits`."""
+    `distributed_dp 16 bits target epsilon 1992.47` (the noise the target chose is
+    not part of it)."""
     option = run.choices.get("privacy", "none")
     if option == "none":
         return option
     words = [option]
-    for key, say in (("noise_multiplier", "noise {}"), ("target_epsilon", "epsilon {}"),
-                     ("bits", "{} bits")):
+    for key, say in (("bits", "{} bits"), ("noise_multiplier", "noise {}"),
+                     ("target_epsilon", "target epsilon {}")):
         value = run.params.get(f"privacy.{key}")
         if value not in (None, "None"):
             if key == "noise_multiplier" and run.params.get("privacy.target_epsilon") not in (

@@ -436,7 +436,7 @@ def test_the_report_adds_epsilon_and_a_plot_by_privacy_level(tmp_path):
     rows, settings = summarise(runs)
     by = {r["config"]: r for r in rows}
     assert {r["privacy"] for r in rows} == {"none", "dp_fixed noise 0.5",
-                                          "distributed_dp epsilon 12.5 16 bits"}
+                                          "distributed_dp 16 bits target epsilon 12.5"}
     private = next(r for r in rows if r["privacy"] == "dp_fixed noise 0.5"
                    and r["up_bits"] == 3200)
     assert private["accuracy_delta"] == pytest.approx(-10.0)  # against mean, no privacy
