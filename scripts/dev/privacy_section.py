@@ -18,18 +18,17 @@ epsilon (issue 20's goal: within a point at 16 bits or fewer).
 
 from __future__ import annotations
 
-import argparse
-import shutil
 import sys
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from federated_research import run_records  # noqa: E402
 from federated_research.intervals import t_interval  # noqa: E402
-from federated_research.report import markdown, privacy_level, summarise, write_report  # noqa: E402
+from federated_research.report import markdown, privacy_level  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from results_section import summarised_study  # noqa: E402
 
 COLUMNS = ["seeds", "accuracy", "accuracy_std", "accuracy_delta", "accuracy_delta_ci",
            "late_gain", "up_bits_per_coord", "up_ratio", "update_nmse", "time_ratio", "epsilon"]
@@ -101,20 +100,8 @@ def comparisons(table) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("export", type=Path, nargs="+")
-    parser.add_argument("slug", help="the images' suffix: privacy_vs_compression_<slug>_*")
-    parser.add_argument("name", help="the dataset's name in the plots' titles")
-    parser.add_argument("--images", type=Path, default=ROOT / "docs" / "images")
-    args = parser.parse_args()
-    runs = run_records.pool([run_records.load(p) for p in args.export])
-    rows, settings = summarise(runs)
-    settings["columns"] = COLUMNS
-    with tempfile.TemporaryDirectory() as tmp:
-        write_report(rows, settings, Path(tmp), title=f"privacy_vs_compression, {args.name}")
-        for plot in ("privacy", "accuracy_vs_round"):
-            shutil.copy(Path(tmp) / f"{plot}.png",
-                        args.images / f"privacy_vs_compression_{args.slug}_{plot}.png")
+    runs, rows, settings = summarised_study("privacy_vs_compression", COLUMNS,
+                                            ("privacy", "accuracy_vs_round"), __doc__)
     print("\n".join(line for line in markdown(rows, settings).splitlines()
                     if line.startswith("|")))
     print()

@@ -85,21 +85,30 @@ def goals(rows: list[dict]) -> list[str]:
     return lines
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def summarised_study(study: str, columns: list[str], plots: tuple[str, ...], doc: str):
+    """The command line every section tool shares (exports, slug, name, --images): the
+    pooled runs, the report's rows and settings; `plots` copied to
+    <images>/<study>_<slug>_<plot>.png."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("export", type=Path, nargs="+")
-    parser.add_argument("slug", help="the images' suffix: compression_vs_baseline_<slug>_*")
+    parser.add_argument("slug", help=f"the images' suffix: {study}_<slug>_*")
     parser.add_argument("name", help="the dataset's name in the plots' titles")
     parser.add_argument("--images", type=Path, default=ROOT / "docs" / "images")
     args = parser.parse_args()
     runs = run_records.pool([run_records.load(p) for p in args.export])
     rows, settings = summarise(runs)
-    settings["columns"] = COLUMNS
+    settings["columns"] = columns
     with tempfile.TemporaryDirectory() as tmp:
-        write_report(rows, settings, Path(tmp), title=f"compression_vs_baseline, {args.name}")
-        for plot in ("pareto", "rate_accuracy", "accuracy_vs_round"):
-            shutil.copy(Path(tmp) / f"{plot}.png",
-                        args.images / f"compression_vs_baseline_{args.slug}_{plot}.png")
+        write_report(rows, settings, Path(tmp), title=f"{study}, {args.name}")
+        for plot in plots:
+            shutil.copy(Path(tmp) / f"{plot}.png", args.images / f"{study}_{args.slug}_{plot}.png")
+    return runs, rows, settings
+
+
+def main() -> None:
+    runs, rows, settings = summarised_study(
+        "compression_vs_baseline", COLUMNS, ("pareto", "rate_accuracy", "accuracy_vs_round"),
+        __doc__)
     table = [line for line in markdown(rows, settings).splitlines() if line.startswith("|")]
     print("\n".join(table))
     print()
