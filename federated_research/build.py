@@ -6,6 +6,7 @@ import functools
 import inspect
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from federated_research.aggregators import with_update_error
@@ -14,6 +15,7 @@ from federated_research.clipping import clip_gradients
 from federated_research.config import too_few_clients, validate
 from federated_research.data import build_dataset
 from federated_research.distributors import build_distributor
+from federated_research.errors import ConfigError
 from federated_research.loop import LoopSpec, RunParts
 from federated_research.models import build_model
 from federated_research.privacy import PrivacySpec, build_uplink
@@ -44,6 +46,7 @@ def build_run_parts(cfg: DictConfig) -> RunParts:
                                         cfg.client.gradient_clip_norm),
         server_optimizer=hydra.utils.instantiate(cfg.server_optimizer))
     comm = algorithm.round_comm()
+    check_shardable(cfg, algorithm.process)
     spec = LoopSpec(rounds=cfg.rounds, clients_per_round=cfg.clients_per_round,
                     eval_every=cfg.eval_every, seed=cfg.seed, epochs=cfg.client.epochs,
                     batch_size=cfg.client.batch_size, shuffle_buffer=cfg.client.shuffle_buffer,
@@ -52,3 +55,20 @@ def build_run_parts(cfg: DictConfig) -> RunParts:
     state = initial_state(algorithm.process, model, cfg.seed)
     return RunParts(data=data, model=model, algorithm=algorithm, comm=comm, spec=spec,
                     initial_state=state, privacy=accountant)
+
+
+def check_shardable(cfg: DictConfig, process) -> None:
+    """Under `runtime=sharded`, a round must have a mergeable form: refused in one line
+    before the first round when its aggregations depend on each other."""
+    if not str(cfg.runtime.get("_target_", "")).endswith(".Sharded"):
+        return
+    from federated_research.runtime.sharding import NotMergeable, mergeable
+
+    try:
+        mergeable(process.next)
+    except NotMergeable as exc:
+        chosen = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+        parts = " ".join(f"{group}={chosen[group]}" for group in ("aggregator", "algorithm")
+                         if group in chosen)
+        raise ConfigError("runtime=sharded", f"a round of {parts or 'this run'} cannot be "
+                          f"cut into shards: {exc}", "use runtime=local") from None

@@ -339,6 +339,7 @@ class Config(LoopConfig):
     aggregator: Any = MISSING
     distributor: Any = MISSING
     privacy: Any = MISSING
+    runtime: Any = MISSING
     algorithm: Any = MISSING
     client_optimizer: Any = MISSING
     server_optimizer: Any = MISSING
@@ -389,7 +390,7 @@ def register_schemas() -> None:
 
 
 GROUP_NODES = ("dataset", "model", "aggregator", "distributor", "privacy", "algorithm",
-               "client_optimizer", "server_optimizer")
+               "client_optimizer", "server_optimizer", "runtime")
 _BY_TARGET = {cls._target_: cls for _, _, cls in _SCHEMAS
               if isinstance(getattr(cls, "_target_", None), str) and cls._target_ != MISSING}
 
@@ -405,7 +406,8 @@ def options_class(node: DictConfig) -> type[Options]:
     if target in _BY_TARGET:
         return _BY_TARGET[target]
     if str(target).startswith(("federated_research.compression.",
-                               "federated_research.privacy.")):
+                               "federated_research.privacy.",
+                               "federated_research.runtime.")):
         cls = hydra.utils.get_class(target)
         if is_method(cls) or issubclass(cls, Options):  # a method, or PowerSGD's options
             return cls
@@ -431,6 +433,11 @@ def validate_codec(node: object) -> None:
         built = build_options(cls, node, "distributor.codec")
         if hasattr(built, "make_codec"):
             check_downlink(built)
+
+
+def runtime_options(cfg: DictConfig):
+    """The `runtime` group's options, checked (validate has checked them already)."""
+    return build_options(options_class(cfg.runtime), cfg.runtime, "runtime")
 
 
 def too_few_clients(clients_per_round: int, available: int) -> ConfigError:

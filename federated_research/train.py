@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from federated_research.config import CONF_DIR, register_schemas, validate
+from federated_research.config import CONF_DIR, register_schemas, runtime_options, validate
 from federated_research.errors import config_error_in, diverged, exit_for
 from federated_research.process import StartupClock, prepare_process
 from federated_research.report import report_sweep
@@ -51,7 +51,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # Start-up: from the process's start for its first job (imports included), from
     # the job's start for later jobs of the same process (a sweep's basic launcher).
     started = StartupClock.started(job_start)
-    with TffRuntime(output_dir / "tff_worker.log"):
+    with TffRuntime(output_dir / "tff_worker.log", runtime_options(cfg)):
         run, name = _build_and_run(cfg, output_dir, started, record)
     summary = {**run.last, "rounds": run.next_round,
                "mean_round_seconds": (sum(run.round_seconds) / len(run.round_seconds)
@@ -93,6 +93,7 @@ def _build_and_run(cfg: DictConfig, output_dir: Path, started: float, record):
     from federated_research.loop import Diverged, Evaluations, RunState, run_rounds
     from federated_research.models import save_keras
     from federated_research.models.keras_file import MODEL_FILE
+    from federated_research.runtime.workers import WorkerLost
     from federated_research.tracking.run import open_tracker
 
     parts = build_run_parts(cfg)
@@ -129,6 +130,8 @@ def _build_and_run(cfg: DictConfig, output_dir: Path, started: float, record):
             raise
         except Diverged as exc:
             raise diverged(cfg, str(exc)) from exc
+        except WorkerLost as exc:  # a sharded runtime's worker died: keep what is done
+            raise WorkerLost(exc.key, exc.problem, checkpoints.save_on_interrupt(run)) from exc
         if cfg.tracking.save_model:
             path = output_dir / MODEL_FILE
             save_keras(parts.model, parts.algorithm.process.get_model_weights(run.state), path)

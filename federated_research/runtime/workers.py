@@ -1,4 +1,4 @@
-"""TFF's C++ runtime, with a worker process this program owns and always stops.
+"""TFF's C++ runtime, with worker processes this program owns and always stops.
 
 TFF's default context starts `worker_binary` lazily, lets it inherit stdout and
 stderr, and only stops it from a `__del__` that may never run. The worker then
@@ -20,6 +20,11 @@ manager, which
     thread and run the whole round again while the main thread was shutting
     down (a sweep's Ctrl-C once ended in glibc's "free(): invalid next size").
     A computation begun after `close()` starts a worker as before.
+
+`runtime=sharded` (sharded.py) runs several such workers, and `RemoteWorker`s started
+elsewhere, behind one `ShardedContext` (sharding.py). There a worker that dies is not
+restarted: the round stops with one line (`WorkerLost`) and the run can be resumed
+from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ from tensorflow_federated.python.core.impl.executors import (
 )
 from tensorflow_federated.python.core.impl.types import placements
 
+from federated_research.errors import ConfigError
 from federated_research.resources import worker_malloc_env
 
 WORKER_BINARY = Path(tff.__file__).parent / "data" / "worker_binary"
@@ -68,6 +74,13 @@ _current: list[WorkerService] = []  # the service behind the installed default c
 _begun_in: contextvars.ContextVar[int | None] = contextvars.ContextVar("begun_in", default=None)
 
 
+class WorkerLost(ConfigError):
+    """A worker of a sharded runtime died or cannot be reached: the run stops (FAILED),
+    resumable from its last checkpoint."""
+
+    exit_code = 1
+
+
 class WorkerClosed(RuntimeError):
     """A computation begun before its runtime was closed asked for the worker again.
     (Not TFF's RetryableError: the computation ends here.)"""
@@ -81,9 +94,14 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 class WorkerService:
     """One local `worker_binary` and the gRPC stub that talks to it."""
 
-    def __init__(self, log_path: Path | None = None, start_timeout: float = 60.0) -> None:
+    def __init__(self, log_path: Path | None = None, start_timeout: float = 60.0,
+                 concurrent_calls: int | None = None, restart: bool = True,
+                 name: str = "runtime") -> None:
         self.log_path = log_path
         self.start_timeout = start_timeout
+        self.concurrent_calls = concurrent_calls  # clients it trains at once (None: all)
+        self.restart = restart  # start a new worker when this one died (runtime=local)
+        self.name = name  # the key a lost worker is reported under
         self.process: subprocess.Popen | None = None
         self._channel: grpc.Channel | None = None
         self._stub: remote_executor_grpc_stub.RemoteExecutorGrpcStub | None = None
@@ -107,6 +125,12 @@ class WorkerService:
             if (self._stub is not None and self.process is not None
                     and self.process.poll() is None and self._stub.is_ready):
                 return self._stub
+            if self.process is not None and not self.restart:
+                code = self.process.poll()
+                self.stop()
+                raise WorkerLost(self.name, f"TFF worker {self.process_pid} ended "
+                                 f"({_exit_words(code)}) during the round; see {self.log_path}",
+                                 "resume the run (its last checkpoint is kept)")
             self.stop()
             self._start()
             return self._stub
@@ -117,11 +141,13 @@ class WorkerService:
                                "reinstall tensorflow-federated (scripts/bootstrap.py setup)")
         self.generation += 1
         port = portpicker.pick_unused_port()
+        calls = self.concurrent_calls or -1  # TFF's own default: no limit
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
 
         try:
             self.process = subprocess.Popen(
-                [str(WORKER_BINARY), f"--port={port}", "--max_concurrent_computation_calls=-1"],
+                [str(WORKER_BINARY), f"--port={port}",
+                 f"--max_concurrent_computation_calls={calls}"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env={**os.environ, **worker_malloc_env()},  # flat memory (resources.py)
                 start_new_session=True,  # a terminal Ctrl-C reaches us; we stop the worker
@@ -139,6 +165,7 @@ class WorkerService:
                 raise RuntimeError(f"TFF worker_binary did not start (exit code {code}); "
                                    f"see {self.log_path or 'its output'}")
             time.sleep(0.05)
+        self.process_pid = self.process.pid
 
     def close(self, grace: float = 5.0) -> None:
         """Stop the worker for the computations begun so far: TFF's retry of one of them
@@ -172,6 +199,66 @@ class WorkerService:
                     if process is not None:
                         _until_disconnected(stub, within=2.0)
                     channel.close()
+
+
+def _exit_words(code: int | None) -> str:
+    if code is None:
+        return "stopped answering"
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"
+
+
+class RemoteWorker:
+    """A `worker_binary` started elsewhere (`host:port`): connected to, never started or
+    stopped from here. When it stops answering, the round's calls on it wait up to
+    `timeout` seconds for it to come back (TFF then runs that shard again from its
+    start, on fresh executors), and otherwise end the run with one line."""
+
+    process = None  # nothing of ours to stop
+
+    def __init__(self, address: str, timeout: float = 60.0) -> None:
+        self.address, self.timeout = address, timeout
+        self.generation = 0  # a new connection: executors made on the old one are stale
+        self.epoch = 0
+        self._channel: grpc.Channel | None = None
+        self._stub: remote_executor_grpc_stub.RemoteExecutorGrpcStub | None = None
+        self._lock = threading.RLock()
+        _LIVE.add(self)
+
+    def stub(self) -> remote_executor_grpc_stub.RemoteExecutorGrpcStub:
+        with self._lock:
+            begun_in = _begun_in.get()
+            if begun_in is not None and begun_in != self.epoch:
+                raise WorkerClosed("this computation began before the TFF runtime was closed")
+            if self._stub is not None and self._stub.is_ready:
+                return self._stub
+            if self._channel is None:
+                self._channel = grpc.insecure_channel(self.address, _GRPC_OPTIONS)
+                self._stub = remote_executor_grpc_stub.RemoteExecutorGrpcStub(self._channel)
+            deadline = time.monotonic() + self.timeout
+            while not self._stub.is_ready:
+                if time.monotonic() > deadline:
+                    seen = "stopped answering" if self.generation else "did not answer"
+                    raise WorkerLost(f"runtime.workers={self.address}",
+                                     f"the TFF worker there {seen} within {self.timeout:g} s",
+                                     "start one there (worker_binary --port=<port>, the "
+                                     "same TFF version), check host and port, or raise "
+                                     "runtime.connect_timeout")
+                time.sleep(0.05)
+            self.generation += 1
+            return self._stub
+
+    def close(self, grace: float = 0.0) -> None:
+        with self._lock:
+            self.epoch += 1
+            self.stop(grace)
+
+    def stop(self, grace: float = 0.0) -> None:
+        with self._lock:
+            channel, self._channel, self._stub = self._channel, None, None
+            if channel is not None:
+                channel.close()
 
 
 def _until_disconnected(stub, within: float) -> None:
@@ -255,41 +342,82 @@ def _compile(comp):
         test_compiler.replace_secure_intrinsics_with_bodies(comp))
 
 
-def install_default_context(service: WorkerService) -> None:
-    """Make `service` run every TFF computation (TFF's own default context is dropped
-    here, while it has no worker yet, so its `__del__` has nothing to clean up)."""
-    context = _ServiceContext(
+def worker_context(service) -> _ServiceContext:
+    """TFF's synchronous context on one worker (ours, or one started elsewhere)."""
+    return _ServiceContext(
         service,
         compiler_fn=_compile,
         transform_args=tensorflow_computation.transform_args,
         transform_result=tensorflow_computation.transform_result)
+
+
+def install_default_context(service: WorkerService, sharded=None) -> None:
+    """Make `service` run every TFF computation (TFF's own default context is dropped
+    here, while it has no worker yet, so its `__del__` has nothing to clean up); with
+    `sharded` (the runtime.sharded options), `service` is a list of workers and a
+    round's clients are cut into shards across them."""
+    services = service if isinstance(service, list) else [service]
+    if sharded is None:
+        context = worker_context(services[0])
+    else:
+        from federated_research.runtime.sharding import ShardedContext
+
+        context = ShardedContext([worker_context(s) for s in services], sharded.shards,
+                                 sharded.max_concurrent_calls)
     context_stack_impl.context_stack.set_default_context(context)
     for previous in _current:
-        if previous is not service:
+        if previous not in services:
             previous.close()
-    _current[:] = [service]
+    _current[:] = services
 
 
 class TffRuntime:
-    """Context manager: TFF computations run on a worker that ends with the block."""
+    """Context manager: TFF computations run on workers that end with the block.
 
-    def __init__(self, log_path: Path | None = None) -> None:
-        self.service = WorkerService(log_path)
+    `options` is the `runtime` group's (runtime/local.py, runtime/sharded.py); without
+    it, one local worker as `runtime=local`."""
+
+    def __init__(self, log_path: Path | None = None, options=None) -> None:
+        self.sharded = options if hasattr(options, "local_workers") else None
+        calls = getattr(options, "max_concurrent_calls", None)
+        if self.sharded is None:
+            self.services = [WorkerService(log_path, concurrent_calls=calls)]
+        else:
+            count = self.sharded.local_workers
+            self.services = [
+                WorkerService(_numbered(log_path, i), restart=False,
+                              concurrent_calls=self.sharded.worker_concurrent_calls,
+                              name=f"runtime.local_workers={count}")
+                for i in range(count)]
+            self.services += [RemoteWorker(a, self.sharded.connect_timeout)
+                              for a in self.sharded.workers]
+        self.service = self.services[0]
 
     def __enter__(self) -> TffRuntime:
-        install_default_context(self.service)
-        self.service.stub()  # start now, from the main thread (see _die_with_parent)
+        install_default_context(self.services if self.sharded else self.service, self.sharded)
+        for service in self.services:
+            service.stub()  # start now, from the main thread (see _die_with_parent)
         return self
 
     def __exit__(self, *exc_info) -> None:
         self.close()
 
     def close(self) -> None:
-        self.service.close()
+        for service in self.services:
+            service.close()
 
     @property
     def worker_pid(self) -> int | None:
         return self.service.process.pid if self.service.process else None
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return [s.process.pid for s in self.services if s.process is not None]
+
+
+def _numbered(log_path: Path | None, index: int) -> Path | None:
+    """tff_worker.log -> tff_worker_0.log, tff_worker_1.log, ..."""
+    return None if log_path is None else log_path.with_stem(f"{log_path.stem}_{index}")
 
 
 @atexit.register

@@ -1,0 +1,29 @@
+"""`runtime=local`: every computation on one TFF worker this program starts (the default).
+
+A round's clients all go to that worker in one call: its memory grows with the clients
+a round (about 20 MB each for the CNN). For hundreds of clients a round, use
+`runtime=sharded` (even with one worker: its shards bound what a call holds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from federated_research.options import Options, require
+
+
+@dataclass
+class Local(Options):
+    # clients the worker trains at once (its --max_concurrent_computation_calls); null: all
+    max_concurrent_calls: int | None = None
+
+    def check(self) -> None:
+        check_concurrency(self.max_concurrent_calls, "max_concurrent_calls")
+
+    @property
+    def shards(self) -> int:
+        return 1
+
+
+def check_concurrency(value: int | None, key: str) -> None:
+    require(value is None or value >= 1, key, value, "must be 1 or more (or null: no limit)", 2)
