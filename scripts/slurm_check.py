@@ -304,7 +304,7 @@ class Cluster:
             return
         self.cancel_jobs()
         for _name, proc in reversed(self.procs):
-            stop_process(proc, grace=15)
+            stop_process(proc)
         self.procs.clear()
         for pid in processes_with(f"SLURM_CONF={self.env['SLURM_CONF']}"):
             with contextlib.suppress(ProcessLookupError):
@@ -354,14 +354,21 @@ def sweep_command(sweep: Sweep) -> list[str]:
             f"hydra.sweep.dir={sweep.folder}"]
 
 
-def stop_process(proc: subprocess.Popen, grace: float = 30) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+# A sweep stopped early closes its parent run (KILLED) on Ctrl-C: it gets the terminal's
+# Ctrl-C with this script (same process group), else one from here, before SIGTERM.
+SWEEP_STOP = ((None, 5), (signal.SIGINT, 30), (signal.SIGTERM, 15), (signal.SIGKILL, None))
+DAEMON_STOP = ((signal.SIGTERM, 15), (signal.SIGKILL, None))
+
+
+def stop_process(proc: subprocess.Popen, steps=DAEMON_STOP) -> None:
+    """Send each step's signal (None: none) and wait its seconds for the process to end."""
+    for signum, seconds in steps:
+        if proc.poll() is not None:
+            return
+        if signum is not None:
+            proc.send_signal(signum)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=seconds)
 
 
 def watch_queue(cluster: Cluster, sweep: Sweep) -> None:
@@ -388,7 +395,7 @@ def run_sweep(cluster: Cluster, timeout: float) -> Sweep:
                 watch_queue(cluster, sweep)
                 time.sleep(1)
         finally:
-            stop_process(proc)
+            stop_process(proc, SWEEP_STOP)
     sweep.returncode, sweep.seconds = proc.returncode, time.monotonic() - started
     return sweep
 
