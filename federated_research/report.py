@@ -90,12 +90,13 @@ class Run:
 
     @property
     def config_key(self) -> tuple:
-        """Every param but the seeds and where the run was tracked; a group added later
+        """Every param but the seeds, where the run was tracked and where it ran (the
+        runtime: local or sharded train the same model); a group added later
         at its do-nothing default (`privacy=none`) counts as absent, so a run made
         before the group existed pools with one made after."""
         return tuple(sorted((k, v) for k, v in self.params.items()
                             if not (k == "seed" or k.endswith(".seed")
-                                    or k.startswith("tracking.")
+                                    or k.startswith(("tracking.", "runtime."))
                                     or ABSENT_DEFAULTS.get(k) == v)))
 
     @property

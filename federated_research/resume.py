@@ -29,7 +29,8 @@ RUN_FILE = "run.json"
 # Keys a resumed run may change: none of them changes the rounds it trains.
 CHANGEABLE = ("resume", "rounds", "checkpoint_every", "checkpoint_keep", "on_nonfinite",
               "dataset.cache_dir", "tracking.progress_bar", "tracking.delivery_timeout",
-              "tracking.save_model", "tracking.sweep_report", "tracking.run_name")
+              "tracking.save_model", "tracking.sweep_report", "tracking.run_name",
+              "runtime.", "runtime=")  # where it runs, not what it trains
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 

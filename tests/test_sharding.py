@@ -12,10 +12,10 @@ from tensorflow_federated.python.core.impl.context_stack import context_stack_im
 from federated_research.build import build_run_parts
 from federated_research.errors import ConfigError
 from federated_research.loop import client_datasets, sample_clients
+from federated_research.options import build_options
 from federated_research.runtime import workers
 from federated_research.runtime.sharded import Sharded
 from federated_research.runtime.sharding import ShardedContext
-from federated_research.options import build_options
 from tests.conftest import compose_config
 
 TINY = ["model=linear", "dataset.num_clients=12", "clients_per_round=7",

@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import functools
 import queue
-import threading
+import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 from tensorflow_federated.python.common_libs import structure
 from tensorflow_federated.python.core.backends.native import mergeable_comp_compiler
@@ -42,6 +42,7 @@ from tensorflow_federated.python.core.impl.context_stack import context_base
 from tensorflow_federated.python.core.impl.execution_contexts import (
     mergeable_comp_execution_context as tff_mergeable,
 )
+from tensorflow_federated.python.core.impl.executors import cardinalities_utils
 from tensorflow_federated.python.core.impl.types import (
     computation_types,
     placements,
@@ -94,14 +95,14 @@ def first_client(arg, type_spec):
     """The slice cut down to its first client: the argument of an `after_merge` whose
     result is at the server only (its client work is compiled away, but its clients'
     data would still be sent)."""
-    return tff_mergeable._split_value_into_subrounds(  # noqa: SLF001
-        arg, type_spec, 10**9)[0]
+    clients = cardinalities_utils.infer_cardinalities(arg, type_spec)[placements.CLIENTS]
+    return tff_mergeable._split_value_into_subrounds(arg, type_spec, clients)[0]  # noqa: SLF001
 
 
 class ShardedContext(context_base.SyncContext):
     """Runs computations with client data as `shards` slices over several workers.
 
-    `workers` are synchronous contexts, one per TFF worker (runtime.py's), each
+    `workers` are synchronous contexts, one per TFF worker (workers.py's), each
     called from one thread at a time; `max_concurrent_calls` bounds how many slices
     are in flight at once, and with it how many slices' client data are held in
     memory in this process."""
@@ -119,11 +120,21 @@ class ShardedContext(context_base.SyncContext):
         width = min(max_concurrent_calls or len(self.workers), len(self.workers))
         self._pool = ThreadPoolExecutor(width, thread_name_prefix="shard")
         self._on_call = on_call  # (worker, what, start, end): tests see the overlap
-        self._lock = threading.Lock()
+
+    def _each(self, what: str, comp, args: list) -> list:
+        """`comp` on every argument, on free workers at once; the results in the
+        arguments' order. The first failure (a lost worker) ends the round at once:
+        the shards not yet begun are dropped, not run."""
+        futures = [self._pool.submit(self._call, what, comp, a) for a in args]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = next((f for f in futures if f in done and f.exception() is not None), None)
+        if failed is not None:
+            for future in futures:
+                future.cancel()
+            raise failed.exception()
+        return [f.result() for f in futures]
 
     def _call(self, what: str, comp, arg):
-        import time
-
         index = self._free.get()
         try:
             start = time.monotonic()
@@ -140,8 +151,7 @@ class ShardedContext(context_base.SyncContext):
             return self.workers[0].invoke(comp, arg)
         form = mergeable(comp)
         slices = split(arg, form.up_to_merge.type_signature.parameter, self.shards)
-        partials = list(self._pool.map(
-            lambda s: self._call("up_to_merge", form.up_to_merge, s), slices))
+        partials = self._each("up_to_merge", form.up_to_merge, slices)
         merged = partials[0]
         for partial in partials[1:]:  # left to right: the same sums whoever finished first
             merged = self._call("merge", form.merge, structure.Struct.unnamed(merged, partial))
@@ -151,9 +161,8 @@ class ShardedContext(context_base.SyncContext):
             result = self._call("after_merge", form.after_merge,
                                 structure.Struct.unnamed(one, merged))
         else:
-            parts = list(self._pool.map(lambda s: self._call(
-                "after_merge", form.after_merge, structure.Struct.unnamed(s, merged)),
-                slices))
+            parts = self._each("after_merge", form.after_merge,
+                               [structure.Struct.unnamed(s, merged) for s in slices])
             result = tff_mergeable._repackage_partitioned_values(parts, result_type)  # noqa: SLF001
         return type_conversions.type_to_py_container(result, result_type)
 

@@ -65,6 +65,11 @@ WORKER_BINARY = Path(tff.__file__).parent / "data" / "worker_binary"
 _GRPC_OPTIONS = [("grpc.max_message_length", 2_000_000_000),
                  ("grpc.max_receive_message_length", 2_000_000_000),
                  ("grpc.max_send_message_length", 2_000_000_000)]
+# A remote host that vanishes without closing its connection (power, network) is
+# noticed during a call within ~5 minutes, and the call ends UNAVAILABLE instead of
+# waiting forever. Not more often: a gRPC server's default policy answers pings more
+# frequent than 5 minutes (or pings without a call) by closing the connection.
+_KEEPALIVE = [("grpc.keepalive_time_ms", 300_000), ("grpc.keepalive_timeout_ms", 20_000)]
 _PR_SET_PDEATHSIG = 1
 log = logging.getLogger(__name__)
 _LIVE: set[WorkerService] = set()  # strong refs: a dropped service must still be stopped
@@ -102,6 +107,7 @@ class WorkerService:
         self.concurrent_calls = concurrent_calls  # clients it trains at once (None: all)
         self.restart = restart  # start a new worker when this one died (runtime=local)
         self.name = name  # the key a lost worker is reported under
+        self.lost: WorkerLost | None = None  # how it died, once it has (restart=False)
         self.process: subprocess.Popen | None = None
         self._channel: grpc.Channel | None = None
         self._stub: remote_executor_grpc_stub.RemoteExecutorGrpcStub | None = None
@@ -122,15 +128,20 @@ class WorkerService:
                          "the worker again: it is not run again")
                 raise WorkerClosed("this computation began before the TFF runtime was "
                                    "closed; it is not run again on a new worker")
-            if (self._stub is not None and self.process is not None
-                    and self.process.poll() is None and self._stub.is_ready):
+            if self._stub is not None and self.process is not None \
+                    and self.process.poll() is None and _ready(self._channel, self._stub):
                 return self._stub
-            if self.process is not None and not self.restart:
-                code = self.process.poll()
-                self.stop()
-                raise WorkerLost(self.name, f"TFF worker {self.process_pid} ended "
-                                 f"({_exit_words(code)}) during the round; see {self.log_path}",
-                                 "resume the run (its last checkpoint is kept)")
+            if self._stub is None and self.process is not None and self.process.poll() is None:
+                self._connect()  # launched, not yet connected to
+                return self._stub
+            if self.lost is not None or (self.process is not None and not self.restart):
+                if self.lost is None:  # first seen now: stop what is left of it
+                    self.lost = WorkerLost(
+                        self.name, f"TFF worker {self.process_pid} ended "
+                        f"({_exit_words(self.process.poll())}) during the round; see "
+                        f"{self.log_path}", "resume the run (its last checkpoint is kept)")
+                    self.stop()
+                raise self.lost  # never restarted under a sharded runtime
             self.stop()
             self._start()
             return self._stub
@@ -139,8 +150,18 @@ class WorkerService:
         if not WORKER_BINARY.is_file():
             raise RuntimeError(f"TFF's worker binary is missing at {WORKER_BINARY}; "
                                "reinstall tensorflow-federated (scripts/bootstrap.py setup)")
+        self.launch()
+        self._connect()
+
+    def launch(self) -> None:
+        """Start the worker process (not yet connected to). A runtime of several
+        workers starts them all before any gRPC channel exists: forking while gRPC's
+        threads run skips its fork handlers (and says so on stderr)."""
+        if self.process is not None and self.process.poll() is None:
+            return
         self.generation += 1
         port = portpicker.pick_unused_port()
+        self._port = port
         calls = self.concurrent_calls or -1  # TFF's own default: no limit
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
 
@@ -155,7 +176,9 @@ class WorkerService:
         finally:
             if log is not subprocess.DEVNULL:
                 log.close()
-        self._channel = grpc.insecure_channel(f"localhost:{port}", _GRPC_OPTIONS)
+
+    def _connect(self) -> None:
+        self._channel = grpc.insecure_channel(f"localhost:{self._port}", _GRPC_OPTIONS)
         self._stub = remote_executor_grpc_stub.RemoteExecutorGrpcStub(self._channel)
         deadline = time.monotonic() + self.start_timeout
         while not self._stub.is_ready:
@@ -172,6 +195,7 @@ class WorkerService:
         (its worker is gone) fails instead of starting another. Later ones start one."""
         with self._lock:
             self.epoch += 1
+            self.lost = None
             self.stop(grace)
 
     def stop(self, grace: float = 5.0) -> None:
@@ -199,6 +223,20 @@ class WorkerService:
                     if process is not None:
                         _until_disconnected(stub, within=2.0)
                     channel.close()
+
+
+def _ready(channel: grpc.Channel | None, stub, within: float = 5.0) -> bool:
+    """Whether the worker answers: a channel idle for a while (gRPC's idle timeout) is
+    not READY until a connection is asked for, so ask before calling it gone."""
+    if stub is not None and stub.is_ready:
+        return True
+    if channel is None:
+        return False
+    try:
+        grpc.channel_ready_future(channel).result(timeout=within)
+    except grpc.FutureTimeoutError:
+        return False
+    return True
 
 
 def _exit_words(code: int | None) -> str:
@@ -234,10 +272,11 @@ class RemoteWorker:
             if self._stub is not None and self._stub.is_ready:
                 return self._stub
             if self._channel is None:
-                self._channel = grpc.insecure_channel(self.address, _GRPC_OPTIONS)
+                self._channel = grpc.insecure_channel(self.address,
+                                                      _GRPC_OPTIONS + _KEEPALIVE)
                 self._stub = remote_executor_grpc_stub.RemoteExecutorGrpcStub(self._channel)
             deadline = time.monotonic() + self.timeout
-            while not self._stub.is_ready:
+            while not _ready(self._channel, self._stub, within=1.0):
                 if time.monotonic() > deadline:
                     seen = "stopped answering" if self.generation else "did not answer"
                     raise WorkerLost(f"runtime.workers={self.address}",
@@ -395,6 +434,9 @@ class TffRuntime:
 
     def __enter__(self) -> TffRuntime:
         install_default_context(self.services if self.sharded else self.service, self.sharded)
+        for service in self.services:
+            if isinstance(service, WorkerService):
+                service.launch()  # every process first, then the channels
         for service in self.services:
             service.stub()  # start now, from the main thread (see _die_with_parent)
         return self
