@@ -64,6 +64,18 @@ def _composed(overrides: tuple[str, ...], hydra_config: bool):
         GlobalHydra.instance().clear()
 
 
+def in_shards(computation, *args, shards: int = 2):
+    """`computation(*args)` under runtime=sharded's context: the clients cut into
+    `shards` slices, run one after another on this session's worker, merged in order."""
+    from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
+
+    from federated_research.runtime.sharding import ShardedContext
+
+    context = ShardedContext([context_stack_impl.context_stack.current], shards)
+    with context_stack_impl.context_stack.install(context):
+        return computation(*args)
+
+
 def options(group: str) -> list[str]:
     """Every selectable option of a config group (the YAML files in conf/<group>/)."""
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
