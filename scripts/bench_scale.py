@@ -51,10 +51,10 @@ class PeakRss(threading.Thread):
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
-        self.root, self.peak, self._stop = psutil.Process(pid), 0, threading.Event()
+        self.root, self.peak, self._halt = psutil.Process(pid), 0, threading.Event()
 
     def run(self) -> None:
-        while not self._stop.wait(0.1):
+        while not self._halt.wait(0.1):
             try:
                 tree = [self.root, *self.root.children(recursive=True)]
                 total = 0
@@ -68,7 +68,7 @@ class PeakRss(threading.Thread):
                 return
 
     def stop(self) -> int:
-        self._stop.set()
+        self._halt.set()
         self.join()
         return self.peak
 
@@ -91,9 +91,9 @@ def bench(spec: str, clients: int, args, root: Path) -> dict:
     peak = poller.stop()
     if proc.returncode:
         raise SystemExit(f"{spec} at {clients} clients failed: {err.decode()[-800:]}")
-    seconds = [rec["metrics"]["time/round_seconds"] for rec in map(
-        json.loads, (out / "metrics.jsonl").read_text().splitlines())
-        if "time/round_seconds" in rec["metrics"]]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    seconds = [r["metrics"]["time/round_seconds"] for r in records
+               if "time/round_seconds" in r.get("metrics", {})]
     later = seconds[1:] or seconds
     per_round = statistics.median(later)
     return {"runtime": spec, "clients": clients, "s_round": per_round,
