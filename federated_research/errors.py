@@ -76,6 +76,30 @@ def _is_user_error(exc: BaseException) -> bool:
     return isinstance(exc, ConfigError | HydraException | OmegaConfBaseException)
 
 
+class JobCancelled(ConfigError):
+    """A cluster job (hydra/launcher=slurm) got SIGTERM: scancel, its time limit, or
+    preemption. Its run is KILLED and its last round saved; an Exception, unlike
+    Terminated, so that submitit records it as the job's answer."""
+
+    exit_code = 130
+
+
+OURS_BY_NAME = ("ConfigError", "WorkerLost", "JobCancelled")
+
+
+def _cluster_job_error(exc: BaseException) -> tuple[str, int] | None:
+    """A sweep job that failed on a cluster: submitit hands the sweep only the job's
+    traceback, as text (FailedJobError). Its last line, when the error is one of ours."""
+    if type(exc).__name__ != "FailedJobError":
+        return None
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    name, _, message = (lines[-1] if lines else "").partition(": ")
+    kind = name.rsplit(".", 1)[-1]
+    if kind not in OURS_BY_NAME:
+        return None
+    return f"error: {message}", JobCancelled.exit_code if kind == "JobCancelled" else 2
+
+
 def exit_for(exc: BaseException) -> tuple[str, int] | None:
     """What the user sees for an exception: (one line, exit code), or None for a bug.
 
@@ -89,6 +113,8 @@ def exit_for(exc: BaseException) -> tuple[str, int] | None:
         return f"error: {found}", found.exit_code
     cause: BaseException | None = exc
     while cause is not None:
+        if _cluster_job_error(cause) is not None:
+            return _cluster_job_error(cause)
         if write_error(cause) is not None:
             return f"error: {write_error(cause)}", 1
         if _is_user_error(cause):

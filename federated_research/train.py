@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,11 +22,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from federated_research.config import CONF_DIR, register_schemas, runtime_options, validate
-from federated_research.errors import config_error_in, diverged, exit_for
+from federated_research.errors import JobCancelled, config_error_in, diverged, exit_for
 from federated_research.process import StartupClock, prepare_process
 from federated_research.report import report_sweep
 from federated_research.resume import RunRecord, check_same_config, resume_argv
-from federated_research.signals import Terminated
+from federated_research.signals import Terminated, raise_on_sigterm
 from federated_research.tracking.mlflow_sink import check_reachable, mlflow_ui_hint
 from federated_research.tracking.sweep import end_sweep
 
@@ -86,7 +87,7 @@ def _build_and_run(cfg: DictConfig, output_dir: Path, started: float, record):
     """Build every part from the config, then run the rounds inside an MLflow run
     (the run's own, reopened, when `record` says this folder's run is resumed)."""
     # These import TensorFlow and TFF: only once the config has passed its checks.
-    from federated_research.build import build_run_parts
+    from federated_research.build import build_run_parts, check_shardable
     from federated_research.checkpoint import Checkpoints
     from federated_research.client_state import build_store
     from federated_research.evaluation import CentralEvaluator
@@ -111,6 +112,7 @@ def _build_and_run(cfg: DictConfig, output_dir: Path, started: float, record):
         fed_evaluate = FederatedEvaluator(parts.model, parts.data.test_clients,
                                           clients=cfg.fed_eval.clients,
                                           batch_size=cfg.eval_batch_size, seed=cfg.seed)
+        check_shardable(cfg, fed_evaluate.process.next)  # before round 1, not mid-run
     weights = parts.algorithm.process.get_model_weights(parts.initial_state)
     comm = {**parts.comm.describe(), "model_parameters": int(sum(
         w.size for w in [*weights.trainable, *weights.non_trainable]))}
@@ -142,8 +144,22 @@ def _build_and_run(cfg: DictConfig, output_dir: Path, started: float, record):
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def hydra_main(cfg: DictConfig) -> float:
     """Hydra's entry; returns the final eval accuracy (for sweepers that optimise it)."""
+    if os.environ.get("SUBMITIT_EXECUTOR"):
+        # A SLURM job (hydra/launcher=slurm) runs this in submitit's process, not main():
+        # submitit only logs SIGTERM (scancel, time limit, preemption) and SLURM's SIGKILL
+        # follows, which would leave the run RUNNING and its rounds unsaved.
+        raise_on_sigterm()
     try:
         return train(cfg).get("eval/accuracy", math.nan)
+    except Terminated as exc:
+        if not os.environ.get("SUBMITIT_EXECUTOR"):
+            raise
+        # submitit stores only an Exception as a job's answer: without one the sweep
+        # would wait for the job (a cluster without accounting never says it ended)
+        saved = " ".join(getattr(exc, "__notes__", [])) or "no round was saved"
+        raise JobCancelled(f"SLURM job {os.environ.get('SLURM_JOB_ID', '?')}",
+                           "received SIGTERM (scancel, its time limit, or preemption); "
+                           "its run is marked KILLED in MLflow", saved) from None
     except Exception as exc:
         answer = exit_for(exc)
         if answer is None:  # our bug: its traceback

@@ -227,7 +227,9 @@ def _optimizer(node):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("datasets", nargs="*", default=["mnist"], choices=list(DATASETS),
+    # (no list default: Python 3.11's argparse checks a list default against `choices`
+    # as one value, and fails whenever no dataset is named, e.g. after `--set a=1`)
+    parser.add_argument("datasets", nargs="*", choices=list(DATASETS),
                         help="mnist (default), emnist, shakespeare")
     parser.add_argument("--rounds", type=int, default=12, help="rounds, the first untimed")
     parser.add_argument("--cache-dir", help="folder with TFF's emnist_all.sqlite and "
@@ -246,7 +248,7 @@ def main() -> None:
 
     from federated_research.runtime import TffRuntime
 
-    for dataset in args.datasets:
+    for dataset in args.datasets or ["mnist"]:
         extra = [f"log_update_error={str(args.update_error).lower()}", *args.set]
         cfg = compose(dataset, args.cache_dir, extra)
         print(f"{dataset}: {' '.join(DATASETS[dataset] + extra)}", flush=True)

@@ -22,8 +22,13 @@ Checks conf/hydra/launcher/slurm.yaml against a real SLURM on this machine:
 5. cancels any job left and stops the daemons it started, on success, error or Ctrl-C,
    and removes the temp dir unless --keep.
 
-Prints a summary and exits 0 only when every check passed; otherwise one `error:` line
-(with the daemons' log tails when the cluster would not come up) and exit 1.
+6. then runs one more job (many rounds) and `scancel`s it once it has logged two rounds:
+   its run must end KILLED (not RUNNING), its last round saved, its TFF workers gone.
+
+Prints a summary and exits 0 only when every check passed; 3 when this machine cannot
+host a SLURM (not root, packages not installable, daemons that will not come up; with
+their log tails); otherwise one `error:` line and exit 1. `.ci/run` runs it after the
+tests and counts 3 as a warning.
 """
 
 from __future__ import annotations
@@ -51,10 +56,12 @@ DAEMONS = ("slurmctld", "slurmd", "munged")
 PACKAGES = ("slurm-wlm", "munge")
 POLICY_RC = Path("/usr/sbin/policy-rc.d")  # apt's hook: exit 101 = start no service
 PARTITION = "check"
-JOB_MEM_GB = 2
+JOB_MEM_GB = 4  # the run and its 2 TFF workers
 SEEDS = (0, 1)
 # The smallest real run: the embedded MNIST, softmax regression, 2 rounds of 2 clients.
-TINY = ["model=linear", "rounds=2", "clients_per_round=2", "eval_every=1",
+# Each job shards its rounds over 2 TFF workers of its own (runtime=sharded).
+TINY = ["model=linear", "runtime=sharded", "runtime.local_workers=2", "rounds=2",
+        "clients_per_round=2", "eval_every=1",
         "checkpoint_every=0", "tracking.tensorboard=false", "tracking.save_model=false",
         "tracking.sweep_report=false", "tracking.progress_bar=false",
         "tracking.experiment=slurm_check"]
@@ -67,6 +74,13 @@ JOB_ENV = re.compile(r"Starting with JobEnvironment\(job_id=([^,]+), hostname=([
 
 class CheckError(Exception):
     """A check failed; the message is the error line."""
+
+
+class CannotHost(CheckError):
+    """This machine cannot run a SLURM (not root, no packages, daemons that will not
+    start): exit 3, which CI reports as a warning, not a failure."""
+
+    exit_code = 3
 
 
 def say(message: str) -> None:
@@ -118,7 +132,7 @@ def ensure_installed() -> float:
     if not missing:
         return 0.0
     if os.geteuid() != 0:
-        raise CheckError(f"{', '.join(missing)} not on PATH and not root: run as root, or "
+        raise CannotHost(f"{', '.join(missing)} not on PATH and not root: run as root, or "
                          f"`apt-get install {' '.join(PACKAGES)}` first")
     started = time.monotonic()
     say(f"{', '.join(missing)} missing: apt-get install {' '.join(PACKAGES)}")
@@ -129,10 +143,10 @@ def ensure_installed() -> float:
             done = run(argv, env=env, timeout=900)
             if done.returncode:
                 last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:]
-                raise CheckError(f"`{shlex.join(argv)}` failed: {' '.join(last)}")
+                raise CannotHost(f"`{shlex.join(argv)}` failed: {' '.join(last)}")
     still = [d for d in DAEMONS if shutil.which(d) is None]
     if still:
-        raise CheckError(f"{', '.join(still)} still not on PATH after installing {PACKAGES}")
+        raise CannotHost(f"{', '.join(still)} still not on PATH after installing {PACKAGES}")
     return time.monotonic() - started
 
 
@@ -156,7 +170,7 @@ def real_memory_mb() -> int:
     available = int(re.search(r"MemAvailable:\s+(\d+)", meminfo).group(1)) // 1024
     memory = min(available // 2, 16384) // 256 * 256
     if memory < JOB_MEM_GB * 1024:
-        raise CheckError(f"only {available} MB available: a job asks for {JOB_MEM_GB} GB")
+        raise CannotHost(f"only {available} MB available: a job asks for {JOB_MEM_GB} GB")
     return memory
 
 
@@ -348,10 +362,10 @@ class Sweep:
     seen: dict[str, set[str]] = field(default_factory=dict)  # job id -> states
 
 
-def sweep_command(sweep: Sweep) -> list[str]:
+def sweep_command(sweep: Sweep, seeds=SEEDS, more: tuple[str, ...] = ()) -> list[str]:
     return [sys.executable, "-m", "federated_research.train", "-m", *LAUNCHER,
-            f"seed={','.join(map(str, SEEDS))}", *TINY, f"tracking.mlflow_uri={sweep.uri}",
-            f"hydra.sweep.dir={sweep.folder}"]
+            f"seed={','.join(map(str, seeds))}", *TINY, *more,
+            f"tracking.mlflow_uri={sweep.uri}", f"hydra.sweep.dir={sweep.folder}"]
 
 
 # A sweep stopped early closes its parent run (KILLED) on Ctrl-C: it gets the terminal's
@@ -398,6 +412,60 @@ def run_sweep(cluster: Cluster, timeout: float) -> Sweep:
             stop_process(proc, SWEEP_STOP)
     sweep.returncode, sweep.seconds = proc.returncode, time.monotonic() - started
     return sweep
+
+
+def worker_pids() -> set[int]:
+    """TFF worker processes on this machine."""
+    found = run(["pgrep", "-f", "tensorflow_federated/data/worker_binary"])
+    return {int(p) for p in found.stdout.split()}
+
+
+def cancel_check(cluster: Cluster, timeout: float) -> list[str]:
+    """scancel a running job: its run must end KILLED (not left RUNNING) with its last
+    round saved, and its TFF workers must be gone."""
+    from mlflow import MlflowClient
+
+    before = worker_pids()
+    sweep = Sweep(cluster.tmp / "cancel", f"sqlite:///{cluster.tmp}/mlflow.db")
+    command = sweep_command(sweep, seeds=(7,), more=("rounds=100000", "checkpoint_every=100000"))
+    say("cancel: " + shlex.join(command[1:]))
+    started = time.monotonic()
+    with open(cluster.tmp / "cancel.log", "wb") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                env=cluster.env, cwd=cluster.tmp)
+        try:
+            journal = None
+            while journal is None or len(journal.read_text().splitlines()) < 3:
+                if proc.poll() is not None or time.monotonic() - started > timeout:
+                    raise CheckError(f"the job to cancel did not reach round 2 (sweep exit "
+                                     f"{proc.poll()})\n{tail(cluster.tmp / 'cancel.log', 10)}")
+                watch_queue(cluster, sweep)
+                journal = next(sweep.folder.glob("*/metrics.jsonl"), None)
+                time.sleep(1)
+            job_id = max(sweep.seen, key=lambda j: int(j.split("_")[0]))
+            cluster.slurm("scancel", job_id.split("_")[0])
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                raise CheckError(f"the sweep did not end within 120 s of `scancel {job_id}`"
+                                 f"\n{tail(cluster.tmp / 'cancel.log', 10)}") from None
+        finally:
+            stop_process(proc, SWEEP_STOP)
+    client = MlflowClient(tracking_uri=sweep.uri)
+    child = next(r for r in client.search_runs(
+        [client.get_experiment_by_name("slurm_check").experiment_id])
+        if r.data.tags.get("output_dir", "").startswith(str(sweep.folder)))
+    saved = sorted(p.name for p in journal.parent.glob("checkpoints/round_*"))
+    left = worker_pids() - before
+    said = tail(cluster.tmp / "cancel.log", 1).splitlines()[-1]
+    if proc.returncode != 130 or "received SIGTERM" not in said:
+        raise CheckError(f"the cancelled sweep exited {proc.returncode}, saying: {said}")
+    if child.info.status != "KILLED" or not saved or left:
+        raise CheckError(f"cancelled job {job_id}: its run is {child.info.status} (want "
+                         f"KILLED), checkpoints {saved or 'none'}, TFF workers left {left}")
+    return [f"scancel of job {job_id} at round {len(journal.read_text().splitlines())}: "
+            f"run {child.info.run_id} KILLED, {saved[-1]} saved, its 2 TFF workers stopped, "
+            f"in {time.monotonic() - started:.1f} s; the sweep exited 130 saying:", said]
 
 
 # ---------------------------------------------------------------- 4. the checks
@@ -493,8 +561,13 @@ def seen_text(sweep: Sweep) -> str:
 def check(cluster: Cluster, args: argparse.Namespace) -> list[str]:
     """Start the cluster, run the probe and the sweep, check them; the summary's lines."""
     started = time.monotonic()
-    cluster.start()
-    cluster.wait_idle(args.start_timeout)
+    try:
+        cluster.start()
+        cluster.wait_idle(args.start_timeout)
+    except CannotHost:
+        raise
+    except CheckError as exc:
+        raise CannotHost(f"the one-node SLURM did not come up: {exc}") from exc
     version = slurm_version(cluster)
     say(f"{version} up on {cluster.host} in {time.monotonic() - started:.1f} s "
         f"({os.cpu_count()} CPUs, {cluster.memory_mb} MB, partition {PARTITION})")
@@ -502,11 +575,12 @@ def check(cluster: Cluster, args: argparse.Namespace) -> list[str]:
     say(probe)
     sweep = run_sweep(cluster, args.timeout)
     runs = check_runs(sweep)
+    cancelled = cancel_check(cluster, args.timeout)
     return [f"SLURM: {version} on {cluster.host} ({os.cpu_count()} CPUs, "
             f"{cluster.memory_mb} MB, partition {PARTITION})", probe,
             f"sweep: {len(SEEDS)} jobs in {sweep.seconds:.1f} s (exit {sweep.returncode}); "
             f"squeue saw {seen_text(sweep)}",
-            *runs]
+            *runs, *cancelled]
 
 
 def parse_args() -> argparse.Namespace:
@@ -536,6 +610,9 @@ def main() -> int:
         cluster = Cluster(Path(tempfile.mkdtemp(prefix="slurm_check-")), host, memory)
         summary = check(cluster, args)
         code = 0
+    except CannotHost as exc:
+        print(f"cannot host a SLURM here: {exc}", file=sys.stderr)
+        code = CannotHost.exit_code
     except CheckError as exc:
         print(f"error: {exc}", file=sys.stderr)
     except KeyboardInterrupt as exc:

@@ -109,16 +109,31 @@ def test_a_computation_begun_before_close_does_not_restart_the_worker(tmp_path, 
 
 
 @pytest.mark.slow
-def test_worker_dies_with_its_parent_even_on_sigkill(tmp_path):
+@pytest.mark.parametrize("options", ["None", "Sharded(local_workers=3)"])
+def test_workers_die_with_their_parent_even_on_sigkill(tmp_path, options):
     code = ("from federated_research.runtime import TffRuntime; import time; "
-            "r = TffRuntime(); r.__enter__(); print(r.worker_pid, flush=True); time.sleep(120)")
+            "from federated_research.runtime.sharded import Sharded; "
+            f"r = TffRuntime(options={options}); r.__enter__(); "
+            "print(*r.worker_pids, flush=True); time.sleep(120)")
     parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
                               env=cli_env(None))
-    worker = int(parent.stdout.readline())
-    assert psutil.Process(worker).is_running()
+    workers = [int(pid) for pid in parent.stdout.readline().split()]
+    assert len(workers) == (1 if options == "None" else 3)
+    assert all(psutil.Process(w).is_running() for w in workers)
     parent.send_signal(signal.SIGKILL)
     parent.wait(30)
-    assert _gone(worker, within=15)
+    assert all(_gone(w, within=15) for w in workers)
+
+
+def test_a_sharded_runtime_stops_all_its_workers_with_the_block(tmp_path):
+    from federated_research.runtime.sharded import Sharded
+
+    with TffRuntime(tmp_path / "tff_worker.log", Sharded(local_workers=2)) as runtime:
+        workers = runtime.worker_pids
+        assert len(workers) == 2 and all(psutil.pid_exists(w) for w in workers)
+    assert all(_gone(w, within=10) for w in workers)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tff_worker_0.log",
+                                                          "tff_worker_1.log"]
 
 
 def _install_a_runtime_of_its_own():

@@ -3,20 +3,27 @@ merged in shard order, so the numbers depend on `shards` only."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
+import time
 
 import numpy as np
+import psutil
 import pytest
+import tensorflow as tf
+from mlflow import MlflowClient
 from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
 
 from federated_research.build import build_run_parts
 from federated_research.errors import ConfigError
-from federated_research.loop import client_datasets, sample_clients
+from federated_research.loop import RoundInputs, client_datasets, sample_clients
 from federated_research.options import build_options
 from federated_research.runtime import workers
 from federated_research.runtime.sharded import Sharded
 from federated_research.runtime.sharding import ShardedContext
-from tests.conftest import compose_config
+from tests.conftest import cli_env, compose_config
 
 TINY = ["model=linear", "dataset.num_clients=12", "clients_per_round=7",
         "client_optimizer.learning_rate=0.02"]
@@ -120,6 +127,7 @@ def test_an_algorithm_whose_aggregations_depend_on_each_other_is_refused():
     ("runtime.workers=[node1:99999]", "port 1-65535"),
     ("runtime.workers=[a:1,a:1]", "names a worker twice"),
     ("runtime.max_concurrent_calls=0", "runtime.max_concurrent_calls=0: must be 1 or more"),
+    ("runtime.shards_in_flight=-2", "runtime.shards_in_flight=-2: must be 1 or more"),
     ("runtime.shards=two", "runtime.shards=two: wrong type"),
     ("runtime.connect_timeout=0", "must be more than 0 seconds"),
 ])
@@ -157,3 +165,132 @@ def test_a_remote_worker_runs_shards(parts, three_workers):
     ours = _rounds(parts, _sharded(three_workers[:1], 3))
     assert np.array_equal(mixed[0], ours[0])
     assert threading.active_count() < 200  # the shard threads are not leaked per call
+
+
+# Every algorithm, distributor and the aggregators whose rounds run outside test_build
+# (test_build's every-aggregator round also runs in 2 shards), grouped so that each
+# group builds one process. Their merge functions never run on one worker.
+COMBINATIONS = [
+    ["algorithm=scaffold", "distributor=quantize"],
+    ["aggregator=stc", "algorithm=fedprox", "distributor=rotated_quantize"],  # residuals
+    ["aggregator=fetchsgd", "algorithm=fedsgd"],
+    ["aggregator=qsgd", "algorithm=custom_fedavg", "distributor=federated_dropout",
+     "model=mlp"],
+    ["algorithm=centralized"],
+]
+
+
+def _one_round(parts, context):
+    process = parts.algorithm.process
+    sampled, data = RoundInputs(parts)(0)  # the centralised baseline: no clients, one call
+    kept = [] if parts.algorithm.client_state is None else [
+        [process.initial_client_state] * len(sampled)]
+    with context_stack_impl.context_stack.install(context):
+        return process.next(parts.initial_state, data, *kept)
+
+
+@pytest.mark.parametrize("overrides", COMBINATIONS, ids=lambda o: ",".join(o))
+def test_every_algorithm_and_distributor_runs_a_sharded_round(overrides, three_workers):
+    """A round in 3 shards on 2 workers is close to one call on one worker (the float
+    sums only reordered), and the clients' kept state (residuals, control variates)
+    comes back for the same clients in the same order."""
+    groups = {o.split("=")[0] for o in overrides}
+    parts = build_run_parts(compose_config(
+        [o for o in TINY if o.split("=")[0] not in groups] + overrides))
+    local = _one_round(parts, workers.worker_context(three_workers[0]))
+    sharded = _one_round(parts, _sharded(three_workers[:2], 3))
+    get = parts.algorithm.process.get_model_weights
+    for a, b in zip(get(sharded.state).trainable, get(local.state).trainable, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert any(np.any(a != b) for a, b in zip(
+        get(local.state).trainable, get(parts.initial_state).trainable, strict=True))
+    if parts.algorithm.client_state is not None:
+        assert len(sharded.client_state) == len(local.client_state) == 7
+        for mine, theirs in zip(sharded.client_state, local.client_state, strict=True):
+            for a, b in zip(tf.nest.flatten(mine), tf.nest.flatten(theirs), strict=True):
+                np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        assert any(np.any(a != b) for a, b in zip(  # clients differ: not one state copied
+            tf.nest.flatten(sharded.client_state[0]),
+            tf.nest.flatten(sharded.client_state[1]), strict=True))
+
+
+def test_federated_evaluation_runs_in_shards(parts, three_workers):
+    """Federated evaluation's per-client metrics come back in client order: the pooled
+    accuracy and the spread over clients equal one call's."""
+    from federated_research.fed_evaluation import FederatedEvaluator
+
+    evaluate = FederatedEvaluator(parts.model, parts.data.test_clients, clients=5,
+                                  batch_size=16, seed=0)
+    weights, _ = _rounds(parts, workers.worker_context(three_workers[0]), rounds=1)
+    trained = parts.algorithm.process.get_model_weights(parts.initial_state)
+    shapes = [np.shape(w) for w in trained.trainable]
+    flat, values = list(weights), []
+    for shape in shapes:
+        size = int(np.prod(shape))
+        values.append(np.reshape(flat[:size], shape))
+        flat = flat[size:]
+    trained = trained._replace(trainable=values) if hasattr(trained, "_replace") else \
+        type(trained)(values, trained.non_trainable)
+    with context_stack_impl.context_stack.install(workers.worker_context(three_workers[0])):
+        one = evaluate(trained, 3)
+    with context_stack_impl.context_stack.install(_sharded(three_workers, 3)):
+        three = evaluate(trained, 3)
+    assert one["fed_eval/client_accuracy_max"] > one["fed_eval/client_accuracy_min"]
+    assert three == pytest.approx(one, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_mid_run_is_one_line_and_the_run_resumes(tmp_path, mlflow_uri):
+    """SIGKILL one of the run's two workers (as the OOM killer would): the run stops with
+    one line naming the key, is FAILED with its rounds saved, and resumes into the same
+    run to its end (the dead worker is not quietly restarted mid-round)."""
+    out = tmp_path / "out"
+    common = ["model=linear", "runtime=sharded", "runtime.local_workers=2", "clients_per_round=4",
+              "checkpoint_every=1", "tracking.progress_bar=false", "tracking.tensorboard=false",
+              "tracking.save_model=false"]
+    env = cli_env(mlflow_uri)
+    proc = subprocess.Popen([sys.executable, "-m", "federated_research.train",
+                             f"hydra.run.dir={out}", "rounds=400", *common], cwd=tmp_path,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while len(_rounds_logged(out)) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.5)
+        workers = [c for c in psutil.Process(proc.pid).children(recursive=True)
+                   if "worker_binary" in c.name()]
+        assert len(workers) == 2
+        workers[1].kill()
+        code, stderr = proc.wait(120), proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    said = stderr.strip().splitlines()[-1]
+    assert code == 1, stderr[-2000:]
+    assert said.startswith(f"error: runtime.local_workers=2: TFF worker {workers[1].pid} ended "
+                           "(killed by SIGKILL) during the round"), stderr[-2000:]
+    assert said.endswith(f"resume with: python -m federated_research.train resume={out}")
+    saved = max(int(p.name.split("_")[1]) for p in (out / "checkpoints").glob("round_*"))
+    assert saved >= 2 and f"round_{saved}" in said
+    client = MlflowClient(mlflow_uri)
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FAILED"
+    assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
+
+    done = subprocess.run([sys.executable, "-m", "federated_research.train", f"resume={out}",
+                           f"rounds={saved + 2}"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (again,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
+    assert steps == list(range(saved + 2))  # rounds 0..saved+1, each once: none lost or redone
+
+
+def _rounds_logged(out) -> list[int]:
+    journal = out / "metrics.jsonl"
+    if not journal.is_file():
+        return []
+    lines = [json.loads(line) for line in journal.read_text().splitlines() if line.strip()]
+    return [e["step"] for e in lines if "train/loss" in e.get("metrics", {})]

@@ -37,3 +37,27 @@ def test_a_signal_whose_exception_python_dropped_is_raised_again():
         undo()
     raise_if_signalled()  # undone: a later run in this process is not stopped
     assert signal.getsignal(sig) is before
+
+
+def test_a_cancelled_cluster_job_is_one_line_for_the_sweep():
+    """A SLURM job's error reaches the sweep only as its traceback's text (submitit's
+    FailedJobError): the sweep prints our last line, and exits 130 for a cancelled job."""
+    from submitit.core.utils import FailedJobError
+
+    from federated_research.errors import exit_for
+
+    trace = ("Traceback (most recent call last):\n  File \"train.py\", line 152, in hydra_main\n"
+             "federated_research.errors.JobCancelled: SLURM job 4: received SIGTERM (scancel, "
+             "its time limit, or preemption); its run is marked KILLED in MLflow. Fix: the "
+             "state after 9 rounds is saved in out/checkpoints/round_9; resume with: python "
+             "-m federated_research.train resume=out\n")
+    line, code = exit_for(FailedJobError(f"Job (task=0) failed during processing with "
+                                         f"trace:\n----------------------\n{trace}"))
+    assert code == 130
+    assert line.startswith("error: SLURM job 4: received SIGTERM") and line.endswith(
+        "resume=out")
+    lost = trace.replace("JobCancelled: SLURM job 4", "WorkerLost: runtime.workers=n1:8000")
+    assert exit_for(FailedJobError(lost)) == (
+        "error: " + lost.splitlines()[-1].split(": ", 1)[1], 2)
+    assert exit_for(FailedJobError("Traceback ...\nZeroDivisionError: division by zero")) \
+        is None  # not ours: its traceback stays

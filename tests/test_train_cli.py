@@ -178,14 +178,16 @@ def test_a_finite_divergence_stops_the_run_failed_under_on_nonfinite(tmp_path, m
 
 
 @pytest.mark.parametrize(("sig", "sweep"), [(signal.SIGTERM, False), (signal.SIGINT, True)],
-                         ids=["SIGTERM", "SIGINT-sweep"])
+                         ids=["SIGTERM-sharded", "SIGINT-sweep"])
 @pytest.mark.slow
 def test_a_signal_marks_the_run_killed_and_stops_the_worker(tmp_path, mlflow_uri, sig, sweep):
     """In a sweep, Ctrl-C also marks the parent run KILLED. (A single run meets Ctrl-C
     exactly as a sweep's job does, as Python's KeyboardInterrupt; the sweep adds the
-    parent. SIGTERM is our own handler's exception: signals.py.)"""
+    parent. SIGTERM is our own handler's exception: signals.py.) The SIGTERM'd run
+    shards its rounds over two workers of its own: both are stopped."""
     where = ["-m", "aggregator=mean,drive", f"hydra.sweep.dir={tmp_path}",
-             "hydra.sweep.subdir=out"] if sweep else [f"hydra.run.dir={tmp_path}/out"]
+             "hydra.sweep.subdir=out"] if sweep else [
+        f"hydra.run.dir={tmp_path}/out", "runtime=sharded", "runtime.local_workers=2"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "federated_research.train", *where, "rounds=500",
          "model=linear", "tracking.progress_bar=false"], cwd=tmp_path,
@@ -201,11 +203,12 @@ def test_a_signal_marks_the_run_killed_and_stops_the_worker(tmp_path, mlflow_uri
         # logged, so with one logged the signal could still land before it counted.
         while not (tmp_path / "out" / "tensorboard").is_dir() or len(_tensorboard(
                 tmp_path / "out" / "tensorboard").get("train/loss", {})) < 2:
-            assert proc.poll() is None and time.monotonic() < deadline, "no round was logged"
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                "no round was logged" if proc.poll() is None else proc.stderr.read()[-1500:])
             time.sleep(1)
         workers = [c for c in psutil.Process(proc.pid).children(recursive=True)
                    if "worker_binary" in c.name()]
-        assert workers, "the run should have a TFF worker"
+        assert len(workers) == (1 if sweep else 2), workers
         proc.send_signal(sig)  # SIGINT is what Ctrl-C sends
         assert proc.wait(60) == 130, proc.stderr.read()[-2000:]
         stderr = proc.stderr.read()

@@ -9,7 +9,8 @@ never on how many workers there are or which finished first. Workers are started
 is unauthenticated: a trusted network or a tunnel only).
 
 More shards than workers bound memory: a call holds one shard's clients, and at most
-`max_concurrent_calls` calls are in flight (default: one per worker).
+`shards_in_flight` calls are in flight (default: one per worker). `max_concurrent_calls`
+means what it means under `local`: clients a worker trains at once.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ class Sharded(Options):
     shards: int = 2                 # contiguous slices of a round's clients
     local_workers: int = 2          # workers started on this machine
     workers: list[str] = field(default_factory=list)  # host:port of workers started elsewhere
-    max_concurrent_calls: int | None = None  # shards in flight at once; null: one per worker
-    worker_concurrent_calls: int | None = None  # clients a worker trains at once; null: all
+    max_concurrent_calls: int | None = None  # clients a worker trains at once; null: all
+    shards_in_flight: int | None = None  # shards being run at once; null: one per worker
     connect_timeout: float = 60.0   # seconds to wait for a remote worker to answer
 
     def check(self) -> None:
@@ -45,7 +46,7 @@ class Sharded(Options):
                 self.local_workers, "no worker to run on: start some here or list "
                 "runtime.workers", 2)
         check_concurrency(self.max_concurrent_calls, "max_concurrent_calls")
-        check_concurrency(self.worker_concurrent_calls, "worker_concurrent_calls")
+        check_concurrency(self.shards_in_flight, "shards_in_flight")
         require(self.connect_timeout > 0, "connect_timeout", self.connect_timeout,
                 "must be more than 0 seconds", 60)
 

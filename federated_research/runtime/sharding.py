@@ -68,6 +68,9 @@ def mergeable(comp) -> tff_mergeable.MergeableCompForm:
             "its aggregations depend on each other (an aggregate is sent back to the "
             "clients and aggregated again), which TFF's mergeable form cannot split "
             "across workers") from error
+    except TypeError as error:  # a partial aggregate TFF cannot type or merge
+        raise NotMergeable(f"TFF cannot split it into mergeable parts ({type(error).__name__})"
+                           ) from error
 
 
 def _has_client_data(type_spec) -> bool:
@@ -103,12 +106,12 @@ class ShardedContext(context_base.SyncContext):
     """Runs computations with client data as `shards` slices over several workers.
 
     `workers` are synchronous contexts, one per TFF worker (workers.py's), each
-    called from one thread at a time; `max_concurrent_calls` bounds how many slices
+    called from one thread at a time; `shards_in_flight` bounds how many slices
     are in flight at once, and with it how many slices' client data are held in
     memory in this process."""
 
     def __init__(self, workers: Sequence[context_base.SyncContext], shards: int,
-                 max_concurrent_calls: int | None = None,
+                 shards_in_flight: int | None = None,
                  on_call: Callable[[int, str, float, float], None] | None = None) -> None:
         if not workers:
             raise ValueError("a sharded runtime needs at least one worker")
@@ -117,7 +120,7 @@ class ShardedContext(context_base.SyncContext):
         self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
         for index in range(len(self.workers)):
             self._free.put(index)
-        width = min(max_concurrent_calls or len(self.workers), len(self.workers))
+        width = min(shards_in_flight or len(self.workers), len(self.workers))
         self._pool = ThreadPoolExecutor(width, thread_name_prefix="shard")
         self._on_call = on_call  # (worker, what, start, end): tests see the overlap
 

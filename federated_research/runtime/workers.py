@@ -141,6 +141,9 @@ class WorkerService:
                         f"({_exit_words(self.process.poll())}) during the round; see "
                         f"{self.log_path}", "resume the run (its last checkpoint is kept)")
                     self.stop()
+                    # Executors made on it are stale: TFF's clean-up after this error
+                    # must not call the closed channel (its ValueError would hide ours).
+                    self.generation += 1
                 raise self.lost  # never restarted under a sharded runtime
             self.stop()
             self._start()
@@ -319,8 +322,9 @@ class _ServiceExecutors(executor_factory.ExecutorFactory):
     is kept with the worker it belongs to (`WorkerService.generation`) and made again on
     the new one."""
 
-    def __init__(self, service: WorkerService) -> None:
+    def __init__(self, service: WorkerService, dispose_batch_size: int = 20) -> None:
         self.service = service
+        self.dispose_batch_size = dispose_batch_size
         self._executors: dict[tuple, tuple[int, remote_executor.RemoteExecutor]] = {}
 
     @staticmethod
@@ -334,7 +338,8 @@ class _ServiceExecutors(executor_factory.ExecutorFactory):
         kept = self._executors.get(key)
         if kept is not None and kept[0] == generation:
             return kept[1]
-        executor = remote_executor.RemoteExecutor(stub)
+        executor = remote_executor.RemoteExecutor(stub,
+                                                  dispose_batch_size=self.dispose_batch_size)
         executor.set_cardinalities(cardinalities)
         self._executors[key] = (generation, executor)
         return executor
@@ -348,8 +353,9 @@ class _ServiceExecutors(executor_factory.ExecutorFactory):
 class _ServiceContext(sync_execution_context.SyncExecutionContext):
     """TFF's synchronous context, its computations marked with the service's epoch."""
 
-    def __init__(self, service: WorkerService, **kwargs) -> None:
-        super().__init__(executor_fn=_ServiceExecutors(service), **kwargs)
+    def __init__(self, service: WorkerService, dispose_batch_size: int = 20,
+                 **kwargs) -> None:
+        super().__init__(executor_fn=_ServiceExecutors(service, dispose_batch_size), **kwargs)
         self.service = service
 
     def invoke(self, comp, arg):
@@ -381,10 +387,16 @@ def _compile(comp):
         test_compiler.replace_secure_intrinsics_with_bodies(comp))
 
 
-def worker_context(service) -> _ServiceContext:
-    """TFF's synchronous context on one worker (ours, or one started elsewhere)."""
+def worker_context(service, dispose_batch_size: int = 20) -> _ServiceContext:
+    """TFF's synchronous context on one worker (ours, or one started elsewhere).
+
+    TFF's remote executor tells the worker to drop the values it no longer needs 20 at a
+    time; a call makes about five (the computation, its argument's parts, the result),
+    so a worker keeps the arguments of its last ~4 calls. A sharded runtime's argument
+    is a whole shard's client data: there each value is dropped as soon as it is done
+    with (`dispose_batch_size=1`), so a worker holds one shard, not four."""
     return _ServiceContext(
-        service,
+        service, dispose_batch_size,
         compiler_fn=_compile,
         transform_args=tensorflow_computation.transform_args,
         transform_result=tensorflow_computation.transform_result)
@@ -401,9 +413,12 @@ def install_default_context(service: WorkerService, sharded=None) -> None:
     else:
         from federated_research.runtime.sharding import ShardedContext
 
-        context = ShardedContext([worker_context(s) for s in services], sharded.shards,
-                                 sharded.max_concurrent_calls)
+        context = ShardedContext([worker_context(s, 1) for s in services], sharded.shards,
+                                 sharded.shards_in_flight)
+    replaced = context_stack_impl.context_stack._stack[0]  # noqa: SLF001 - the default
     context_stack_impl.context_stack.set_default_context(context)
+    if hasattr(replaced, "close") and replaced is not context:  # a ShardedContext's threads
+        replaced.close()
     for previous in _current:
         if previous not in services:
             previous.close()
@@ -425,7 +440,7 @@ class TffRuntime:
             count = self.sharded.local_workers
             self.services = [
                 WorkerService(_numbered(log_path, i), restart=False,
-                              concurrent_calls=self.sharded.worker_concurrent_calls,
+                              concurrent_calls=self.sharded.max_concurrent_calls,
                               name=f"runtime.local_workers={count}")
                 for i in range(count)]
             self.services += [RemoteWorker(a, self.sharded.connect_timeout)
