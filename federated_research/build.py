@@ -51,10 +51,17 @@ def build_run_parts(cfg: DictConfig) -> RunParts:
                     eval_every=cfg.eval_every, seed=cfg.seed, epochs=cfg.client.epochs,
                     batch_size=cfg.client.batch_size, shuffle_buffer=cfg.client.shuffle_buffer,
                     eval_initial=cfg.eval_initial, fed_eval_every=cfg.fed_eval.every,
-                    stop_on_nonfinite=cfg.on_nonfinite == "stop")
+                    stop_on_nonfinite=cfg.on_nonfinite == "stop",
+                    examples_cache_bytes=cache_bytes(cfg))
     state = initial_state(algorithm.process, model, cfg.seed)
     return RunParts(data=data, model=model, algorithm=algorithm, comm=comm, spec=spec,
                     initial_state=state, privacy=accountant)
+
+
+def cache_bytes(cfg: DictConfig) -> int | None:
+    """`runtime.examples_cache_mib` in bytes (None: keep every client's examples)."""
+    mib = cfg.runtime.get("examples_cache_mib")
+    return None if mib is None else int(mib) * 2**20
 
 
 def check_shardable(cfg: DictConfig, process) -> None:

@@ -65,7 +65,8 @@ class FederatedEvaluator:
     """
 
     def __init__(self, model: ModelSpec, test_clients: tff.simulation.datasets.ClientData | None,
-                 clients: int, batch_size: int, seed: int) -> None:
+                 clients: int, batch_size: int, seed: int,
+                 cache_bytes: int | None = None) -> None:
         if test_clients is None:
             raise ConfigError("fed_eval.every", "the dataset has too few held-out examples to "
                               "split over its clients", "raise dataset.test_fraction, lower "
@@ -76,7 +77,7 @@ class FederatedEvaluator:
                               f"{len(self._client_ids)} test clients",
                               f"pass fed_eval.clients={len(self._client_ids)} or fewer")
         self._model, self._test, self._clients = model, test_clients, clients
-        self._examples = ClientExamples(test_clients, model.task)  # decoded once per client
+        self._examples = ClientExamples(test_clients, model.task, cache_bytes)  # decoded once
         self._batch_size, self._seed = batch_size, seed
         with tf.Graph().as_default():
             probe = model.tff_model_fn()

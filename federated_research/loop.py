@@ -37,6 +37,7 @@ class LoopSpec:
     eval_initial: bool = False
     fed_eval_every: int = 0  # 0 = no federated evaluation
     stop_on_nonfinite: bool = True  # a NaN or infinite loss ends the run (Diverged)
+    examples_cache_bytes: int | None = None  # decoded client examples kept (None: all)
 
     def due(self, every: int, rounds_done: int) -> bool:
         """Whether an evaluation every `every` rounds is due after `rounds_done`
@@ -216,7 +217,8 @@ class RoundInputs:
     def __init__(self, parts: RunParts) -> None:
         self.data, self.spec, self.algorithm = parts.data, parts.spec, parts.algorithm
         self.client_ids = list(self.data.train.client_ids)
-        self.examples = ClientExamples(self.data.train, self.data.task)
+        self.examples = ClientExamples(self.data.train, self.data.task,
+                                       self.spec.examples_cache_bytes)
         self.pooled = None
         if self.algorithm.pooled_shuffle_buffer is not None:  # the centralised baseline
             self.pooled = self.data.task.pooled().examples(

@@ -87,7 +87,7 @@ def _build_and_run(cfg: DictConfig, output_dir: Path, started: float, record):
     """Build every part from the config, then run the rounds inside an MLflow run
     (the run's own, reopened, when `record` says this folder's run is resumed)."""
     # These import TensorFlow and TFF: only once the config has passed its checks.
-    from federated_research.build import build_run_parts, check_shardable
+    from federated_research.build import build_run_parts, cache_bytes, check_shardable
     from federated_research.checkpoint import Checkpoints
     from federated_research.client_state import build_store
     from federated_research.evaluation import CentralEvaluator
@@ -111,7 +111,8 @@ def _build_and_run(cfg: DictConfig, output_dir: Path, started: float, record):
 
         fed_evaluate = FederatedEvaluator(parts.model, parts.data.test_clients,
                                           clients=cfg.fed_eval.clients,
-                                          batch_size=cfg.eval_batch_size, seed=cfg.seed)
+                                          batch_size=cfg.eval_batch_size, seed=cfg.seed,
+                                          cache_bytes=cache_bytes(cfg))
         check_shardable(cfg, fed_evaluate.process.next)  # before round 1, not mid-run
     weights = parts.algorithm.process.get_model_weights(parts.initial_state)
     comm = {**parts.comm.describe(), "model_parameters": int(sum(

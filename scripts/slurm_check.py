@@ -463,7 +463,7 @@ def cancel_check(cluster: Cluster, timeout: float) -> list[str]:
     if child.info.status != "KILLED" or not saved or left:
         raise CheckError(f"cancelled job {job_id}: its run is {child.info.status} (want "
                          f"KILLED), checkpoints {saved or 'none'}, TFF workers left {left}")
-    return [f"scancel of job {job_id} at round {len(journal.read_text().splitlines())}: "
+    return [f"scancel of job {job_id} once it had logged 2 rounds: "
             f"run {child.info.run_id} KILLED, {saved[-1]} saved, its 2 TFF workers stopped, "
             f"in {time.monotonic() - started:.1f} s; the sweep exited 130 saying:", said]
 

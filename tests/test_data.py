@@ -9,11 +9,12 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from federated_research.data import build_dataset
 from federated_research.data.emnist import load_emnist
 from federated_research.data.mnist import load_mnist
 from federated_research.data.preprocessing import client_batches
 from federated_research.errors import ConfigError
-from tests.conftest import write_emnist_cache
+from tests.conftest import compose_config, write_emnist_cache
 
 
 def _count(ds: tf.data.Dataset) -> int:
@@ -196,3 +197,29 @@ def test_a_corrupt_cache_file_is_named_and_kept(tmp_path):
         load_shakespeare(cache_dir=str(tmp_path))
     assert f"{tmp_path / 'shakespeare.sqlite'} is not TFF's SQLite cache" in str(err.value)
     assert (tmp_path / "shakespeare.sqlite").exists()  # the user's file: never deleted
+
+
+def test_decoded_clients_past_the_cache_budget_are_dropped_and_decoded_again_the_same():
+    """runtime.examples_cache_mib bounds what the run keeps of a population of thousands:
+    the clients sampled longest ago are dropped first, and one met again is decoded
+    again into the same tensors."""
+    from federated_research.data.client_examples import ClientExamples, _nbytes
+
+    data = build_dataset(compose_config(["dataset.num_clients=20"]).dataset, 0)
+    ids = list(data.train.client_ids)[:4]
+    unbounded = ClientExamples(data.train, data.task)
+    sizes = [_nbytes(next(iter(unbounded(c).batch(10_000)))) for c in ids]
+    assert min(sizes) > 0
+    budget = sizes[0] + sizes[1]  # room for the first two, not a third
+    examples = ClientExamples(data.train, data.task, max_bytes=budget)
+    first = [next(iter(examples(c).batch(10_000))) for c in ids[:2]]
+    assert examples.bytes == budget and examples.decoded == 2
+    examples(ids[0])  # used again: now the newest
+    examples(ids[2])  # over budget: ids[1], the least recently used, goes first
+    assert examples.decoded == 3 and ids[1] not in examples._kept and ids[2] in examples._kept
+    assert examples.bytes <= budget or list(examples._kept) == [ids[2]]
+    assert examples.bytes == sum(_nbytes(v) for v in examples._kept.values())
+    again = next(iter(examples(ids[1]).batch(10_000)))  # decoded again, the same
+    assert examples.decoded == 4
+    for a, b in zip(tf.nest.flatten(first[1]), tf.nest.flatten(again), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -128,6 +128,7 @@ def test_an_algorithm_whose_aggregations_depend_on_each_other_is_refused():
     ("runtime.workers=[a:1,a:1]", "names a worker twice"),
     ("runtime.max_concurrent_calls=0", "runtime.max_concurrent_calls=0: must be 1 or more"),
     ("runtime.shards_in_flight=-2", "runtime.shards_in_flight=-2: must be 1 or more"),
+    ("runtime.examples_cache_mib=0", "runtime.examples_cache_mib=0: must be 1 or more"),
     ("runtime.shards=two", "runtime.shards=two: wrong type"),
     ("runtime.connect_timeout=0", "must be more than 0 seconds"),
 ])

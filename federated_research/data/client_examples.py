@@ -20,6 +20,7 @@ and the same metrics bit for bit (tests/test_round_speed.py).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import tensorflow as tf
@@ -58,17 +59,25 @@ class ClientExamples:
     the next round's clients while TFF's worker trains this round's, so that a
     client's first round does not wait for its decoding. Memory is that of the
     clients sampled so far, as the model reads them (float32 images: 3 KiB an
-    example; 130 MiB for 300 FEMNIST writers). A client whose examples cannot be
-    stacked keeps its pipeline, built once.
+    example; 130 MiB for 300 FEMNIST writers), up to `max_bytes`: past it the
+    clients asked for longest ago are dropped, and decoded again (the same tensors)
+    if sampled again, so that a population of thousands (EMNIST-62's 3,400 writers,
+    2 GiB decoded) does not grow the run without bound (`runtime.examples_cache_mib`).
+    A client whose examples cannot be stacked keeps its pipeline, built once.
     """
 
-    def __init__(self, client_data: tff.simulation.datasets.ClientData, task) -> None:
+    def __init__(self, client_data: tff.simulation.datasets.ClientData, task,
+                 max_bytes: int | None = None) -> None:
         self._client_data, self._task = client_data, task
-        self._kept: dict[str, object] = {}
+        self.max_bytes = max_bytes  # None: keep every client met
+        self.bytes = 0  # what the kept clients' tensors hold
+        self.decoded = 0  # decodes so far (a client dropped and met again counts twice)
+        self._kept: OrderedDict[str, object] = OrderedDict()  # oldest use first
         self._pending: dict[str, Future] = {}
         self._pool: ThreadPoolExecutor | None = None
 
     def _decode(self, client_id: str):
+        self.decoded += 1
         examples = self._task.examples(self._client_data.create_tf_dataset_for_client(client_id))
         decoded = decode(lean(examples))
         return examples if decoded is None else decoded
@@ -83,13 +92,23 @@ class ClientExamples:
 
     def __call__(self, client_id: str) -> tf.data.Dataset:
         if client_id in self._pending:
-            self._kept[client_id] = self._pending.pop(client_id).result()
+            self._keep(client_id, self._pending.pop(client_id).result())
         elif client_id not in self._kept:
-            self._kept[client_id] = self._decode(client_id)
+            self._keep(client_id, self._decode(client_id))
+        self._kept.move_to_end(client_id)
         kept = self._kept[client_id]
         if isinstance(kept, tf.data.Dataset):
             return kept
         return tf.data.Dataset.from_tensor_slices(kept)
+
+    def _keep(self, client_id: str, kept) -> None:
+        self._kept[client_id] = kept
+        self.bytes += _nbytes(kept)
+        while self.max_bytes is not None and self.bytes > self.max_bytes and len(self._kept) > 1:
+            oldest = next(iter(self._kept))
+            if oldest == client_id:
+                break
+            self.bytes -= _nbytes(self._kept.pop(oldest))  # a round using it keeps its copy
 
     def wait(self) -> None:
         """Wait until every client asked for in `prefetch` is decoded."""
@@ -103,3 +122,10 @@ class ClientExamples:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
         self._pending = {cid: f for cid, f in self._pending.items() if not f.cancelled()}
+
+
+def _nbytes(kept) -> int:
+    """The bytes a client's stacked tensors hold (0 for a kept pipeline)."""
+    if isinstance(kept, tf.data.Dataset):
+        return 0
+    return sum(int(t.shape.num_elements()) * t.dtype.size for t in tf.nest.flatten(kept))

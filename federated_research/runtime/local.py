@@ -16,13 +16,21 @@ from federated_research.options import Options, require
 class Local(Options):
     # clients the worker trains at once (its --max_concurrent_computation_calls); null: all
     max_concurrent_calls: int | None = None
+    # decoded client examples kept in this process (data/client_examples.py); null: all
+    examples_cache_mib: int | None = 1024
 
     def check(self) -> None:
         check_concurrency(self.max_concurrent_calls, "max_concurrent_calls")
+        check_cache(self.examples_cache_mib)
 
     @property
     def shards(self) -> int:
         return 1
+
+
+def check_cache(value: int | None) -> None:
+    require(value is None or value >= 1, "examples_cache_mib", value,
+            "must be 1 or more (MiB; or null: keep every client met)", 1024)
 
 
 def check_concurrency(value: int | None, key: str) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from federated_research.options import Options, require
-from federated_research.runtime.local import check_concurrency
+from federated_research.runtime.local import check_cache, check_concurrency
 
 EXAMPLE_WORKER = "node1:8000"
 
@@ -31,6 +31,7 @@ class Sharded(Options):
     max_concurrent_calls: int | None = None  # clients a worker trains at once; null: all
     shards_in_flight: int | None = None  # shards being run at once; null: one per worker
     connect_timeout: float = 60.0   # seconds to wait for a remote worker to answer
+    examples_cache_mib: int | None = 1024  # decoded client examples kept here; null: all
 
     def check(self) -> None:
         require(self.shards >= 1, "shards", self.shards, "must be 1 or more", 4)
@@ -47,6 +48,7 @@ class Sharded(Options):
                 "runtime.workers", 2)
         check_concurrency(self.max_concurrent_calls, "max_concurrent_calls")
         check_concurrency(self.shards_in_flight, "shards_in_flight")
+        check_cache(self.examples_cache_mib)
         require(self.connect_timeout > 0, "connect_timeout", self.connect_timeout,
                 "must be more than 0 seconds", 60)
 
