@@ -23,7 +23,10 @@ Checks conf/hydra/launcher/slurm.yaml against a real SLURM on this machine:
    and removes the temp dir unless --keep.
 
 6. then runs one more job (many rounds) and `scancel`s it once it has logged two rounds:
-   its run must end KILLED (not RUNNING), its last round saved, its TFF workers gone.
+   its run must end KILLED (not RUNNING), its last round saved, its TFF workers gone;
+7. and submits scripts/run_big.sbatch (the docs' recipe: a `worker_binary` job step on
+   each node, the run reaching them as `runtime.workers=[host:port]`): its run must
+   finish on that worker, with none of its own, and leave no worker behind.
 
 Prints a summary and exits 0 only when every check passed; 3 when this machine cannot
 host a SLURM (not root, packages not installable, daemons that will not come up; with
@@ -468,6 +471,45 @@ def cancel_check(cluster: Cluster, timeout: float) -> list[str]:
             f"in {time.monotonic() - started:.1f} s; the sweep exited 130 saying:", said]
 
 
+def remote_workers_check(cluster: Cluster, timeout: float) -> list[str]:
+    """scripts/run_big.sbatch, the docs' recipe: a worker_binary on each node as a job
+    step, the round loop reaching them by host:port (runtime.workers)."""
+    from mlflow import MlflowClient
+
+    before = worker_pids()
+    port, out, folder = free_ports(1)[0], cluster.tmp / "run_big.out", cluster.tmp / "run_big"
+    overrides = [o for o in TINY if not o.startswith("runtime")] + [
+        f"tracking.mlflow_uri=sqlite:///{cluster.tmp}/mlflow.db", f"hydra.run.dir={folder}"]
+    say("run_big.sbatch: " + shlex.join(overrides))
+    started = time.monotonic()
+    done = run(["sbatch", "--parsable", "--wait", f"--output={out}", "--time=10",
+                f"--mem={JOB_MEM_GB}G", "--cpus-per-task=1", "--nodes=1",
+                str(ROOT / "scripts" / "run_big.sbatch"), *overrides],
+               env={**cluster.env, "PYTHON": sys.executable, "PORT": str(port)},
+               timeout=timeout, cwd=cluster.tmp)
+    job_id = done.stdout.strip().split(";")[0] or "?"
+    if done.returncode:
+        raise CheckError(f"run_big.sbatch job {job_id} failed (sbatch exit {done.returncode})"
+                         f"\n{tail(out, 15)}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{cluster.tmp}/mlflow.db")
+    run_ = next((r for r in client.search_runs(
+        [client.get_experiment_by_name("slurm_check").experiment_id])
+        if r.data.tags.get("output_dir", "") == str(folder)), None)
+    if run_ is None or run_.info.status != "FINISHED":
+        raise CheckError(f"run_big.sbatch job {job_id}: its run is "
+                         f"{run_.info.status if run_ else 'missing'}\n{tail(out, 15)}")
+    workers = run_.data.params.get("runtime.workers", "")
+    local_logs = sorted(p.name for p in folder.glob("tff_worker*.log"))
+    left = worker_pids() - before
+    if f"{cluster.host}:{port}" not in workers or local_logs or left:
+        raise CheckError(f"run_big.sbatch job {job_id}: runtime.workers={workers}, local "
+                         f"worker logs {local_logs}, TFF workers left {left}")
+    return [f"run_big.sbatch job {job_id}: run {run_.info.run_id} FINISHED on "
+            f"runtime.workers={workers} (a worker_binary job step; no local worker), "
+            f"eval/accuracy {run_.data.metrics.get('eval/accuracy', float('nan')):.4f}, "
+            f"in {time.monotonic() - started:.1f} s"]
+
+
 # ---------------------------------------------------------------- 4. the checks
 
 
@@ -576,11 +618,12 @@ def check(cluster: Cluster, args: argparse.Namespace) -> list[str]:
     sweep = run_sweep(cluster, args.timeout)
     runs = check_runs(sweep)
     cancelled = cancel_check(cluster, args.timeout)
+    remote = remote_workers_check(cluster, args.timeout)
     return [f"SLURM: {version} on {cluster.host} ({os.cpu_count()} CPUs, "
             f"{cluster.memory_mb} MB, partition {PARTITION})", probe,
             f"sweep: {len(SEEDS)} jobs in {sweep.seconds:.1f} s (exit {sweep.returncode}); "
             f"squeue saw {seen_text(sweep)}",
-            *runs, *cancelled]
+            *runs, *cancelled, *remote]
 
 
 def parse_args() -> argparse.Namespace:

@@ -25,6 +25,9 @@ from federated_research.runtime.sharded import Sharded
 from federated_research.runtime.sharding import ShardedContext
 from tests.conftest import cli_env, compose_config
 
+# The module's workers and process are built once, on one xdist worker (~13 s each time).
+pytestmark = pytest.mark.xdist_group("sharding")
+
 TINY = ["model=linear", "dataset.num_clients=12", "clients_per_round=7",
         "client_optimizer.learning_rate=0.02"]
 
@@ -295,3 +298,36 @@ def _rounds_logged(out) -> list[int]:
         return []
     lines = [json.loads(line) for line in journal.read_text().splitlines() if line.strip()]
     return [e["step"] for e in lines if "train/loss" in e.get("metrics", {})]
+
+
+def test_a_remote_worker_that_comes_back_on_its_port_is_reconnected(parts, three_workers,
+                                                                     tmp_path):
+    """A worker started elsewhere that is restarted on the same port (a preempted node
+    coming back) is connected to again, on fresh executors, within connect_timeout."""
+    import portpicker
+
+    port = portpicker.pick_unused_port()
+
+    def start():
+        return subprocess.Popen([str(workers.WORKER_BINARY), f"--port={port}"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+    first = start()
+    remote = workers.RemoteWorker(f"localhost:{port}", timeout=30)
+    context = ShardedContext([workers.worker_context(remote)], 1)
+    try:
+        before = _rounds(parts, context, rounds=1)
+        first.kill()
+        first.wait()
+        second = start()
+        try:
+            after = _rounds(parts, context, rounds=1)  # the same round again, on the new one
+        finally:
+            second.kill()
+            second.wait()
+    finally:
+        remote.close()
+        if first.poll() is None:
+            first.kill()
+    assert remote.generation == 2  # connected twice: to each worker once
+    assert np.array_equal(before[0], after[0])

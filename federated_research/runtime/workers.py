@@ -278,18 +278,25 @@ class RemoteWorker:
                 self._channel = grpc.insecure_channel(self.address,
                                                       _GRPC_OPTIONS + _KEEPALIVE)
                 self._stub = remote_executor_grpc_stub.RemoteExecutorGrpcStub(self._channel)
-            deadline = time.monotonic() + self.timeout
-            while not _ready(self._channel, self._stub, within=1.0):
-                if time.monotonic() > deadline:
-                    seen = "stopped answering" if self.generation else "did not answer"
-                    raise WorkerLost(f"runtime.workers={self.address}",
-                                     f"the TFF worker there {seen} within {self.timeout:g} s",
-                                     "start one there (worker_binary --port=<port>, the "
-                                     "same TFF version), check host and port, or raise "
-                                     "runtime.connect_timeout")
-                time.sleep(0.05)
-            self.generation += 1
-            return self._stub
+            channel, stub = self._channel, self._stub
+        # Waited for outside the lock: `close()` (Ctrl-C, SIGTERM) must not wait as long.
+        deadline = time.monotonic() + self.timeout
+        while not _ready(channel, stub, within=1.0):
+            if self._channel is not channel:
+                raise WorkerClosed(f"runtime.workers={self.address}: closed while waiting")
+            if time.monotonic() > deadline:
+                seen = "stopped answering" if self.generation else "did not answer"
+                raise WorkerLost(f"runtime.workers={self.address}",
+                                 f"the TFF worker there {seen} within {self.timeout:g} s",
+                                 "start one there (worker_binary --port=<port>, the "
+                                 "same TFF version), check host and port, or raise "
+                                 "runtime.connect_timeout")
+            time.sleep(0.05)
+        with self._lock:
+            if self._channel is not channel:
+                raise WorkerClosed(f"runtime.workers={self.address}: closed while waiting")
+            self.generation += 1  # a worker that came back has none of the old values
+            return stub
 
     def close(self, grace: float = 0.0) -> None:
         with self._lock:
