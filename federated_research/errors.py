@@ -84,7 +84,7 @@ class JobCancelled(ConfigError):
     exit_code = 130
 
 
-OURS_BY_NAME = ("ConfigError", "WorkerLost", "JobCancelled")
+OURS_BY_NAME = {"ConfigError": 2, "WorkerLost": 1, "JobCancelled": 130}  # their exit codes
 
 
 def _cluster_job_error(exc: BaseException) -> tuple[str, int] | None:
@@ -97,7 +97,7 @@ def _cluster_job_error(exc: BaseException) -> tuple[str, int] | None:
     kind = name.rsplit(".", 1)[-1]
     if kind not in OURS_BY_NAME:
         return None
-    return f"error: {message}", JobCancelled.exit_code if kind == "JobCancelled" else 2
+    return f"error: {message}", OURS_BY_NAME[kind]
 
 
 def exit_for(exc: BaseException) -> tuple[str, int] | None:

@@ -57,7 +57,7 @@ def test_a_cancelled_cluster_job_is_one_line_for_the_sweep():
     assert line.startswith("error: SLURM job 4: received SIGTERM") and line.endswith(
         "resume=out")
     lost = trace.replace("JobCancelled: SLURM job 4", "WorkerLost: runtime.workers=n1:8000")
-    assert exit_for(FailedJobError(lost)) == (
-        "error: " + lost.splitlines()[-1].split(": ", 1)[1], 2)
+    assert exit_for(FailedJobError(lost)) == (  # a lost worker exits 1, as in one process
+        "error: " + lost.splitlines()[-1].split(": ", 1)[1], 1)
     assert exit_for(FailedJobError("Traceback ...\nZeroDivisionError: division by zero")) \
         is None  # not ours: its traceback stays
