@@ -113,8 +113,9 @@ def exit_for(exc: BaseException) -> tuple[str, int] | None:
         return f"error: {found}", found.exit_code
     cause: BaseException | None = exc
     while cause is not None:
-        if _cluster_job_error(cause) is not None:
-            return _cluster_job_error(cause)
+        from_cluster = _cluster_job_error(cause)
+        if from_cluster is not None:
+            return from_cluster
         if write_error(cause) is not None:
             return f"error: {write_error(cause)}", 1
         if _is_user_error(cause):

@@ -54,6 +54,22 @@ def worker_malloc_env() -> dict[str, str]:
     return {ARENAS[0]: _setting(ARENAS[0], ARENAS[1])}
 
 
+def tree_rss(proc: psutil.Process) -> int:
+    """Resident bytes of `proc` and all its descendants (a run and its TFF workers): what
+    the benchmark scripts sample for a peak. 0 once `proc` is gone."""
+    try:
+        tree = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for member in tree:
+        try:
+            total += member.memory_info().rss
+        except psutil.Error:  # exited meanwhile
+            continue
+    return total
+
+
 def rss_metrics() -> dict[str, float]:
     """`system/rss_mib` (this process) and `system/worker_rss_mib` (its TFF workers)."""
     me = psutil.Process()

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import psutil
 
+from federated_research.resources import tree_rss
+
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 2**20
 
@@ -55,17 +57,7 @@ class PeakRss(threading.Thread):
 
     def run(self) -> None:
         while not self._halt.wait(0.1):
-            try:
-                tree = [self.root, *self.root.children(recursive=True)]
-                total = 0
-                for proc in tree:
-                    try:
-                        total += proc.memory_info().rss
-                    except psutil.Error:
-                        continue
-                self.peak = max(self.peak, total)
-            except psutil.Error:
-                return
+            self.peak = max(self.peak, tree_rss(self.root))
 
     def stop(self) -> int:
         self._halt.set()

@@ -24,19 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_runs import per_run_rows, print_per_run  # noqa: E402
 
 from federated_research.report import load_runs  # noqa: E402
+from federated_research.resources import tree_rss  # noqa: E402
 from federated_research.tracking.sweep import SweepInfo  # noqa: E402
 
 DEFAULT = ["model=cnn", "aggregator=mean,compression", "rounds=30"]
-
-
-def _tree_rss(proc: psutil.Process) -> int:
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
 
 
 def main(overrides: list[str]) -> None:
@@ -52,7 +43,7 @@ def main(overrides: list[str]) -> None:
     proc = subprocess.Popen(cmd, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
     watcher, peak = psutil.Process(proc.pid), 0
     while proc.poll() is None:
-        peak = max(peak, _tree_rss(watcher))
+        peak = max(peak, tree_rss(watcher))
         time.sleep(0.2)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
