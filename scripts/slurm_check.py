@@ -423,10 +423,19 @@ def worker_pids() -> set[int]:
     return {int(p) for p in found.stdout.split()}
 
 
+def run_under(uri: str, folder: Path):
+    """The check's MLflow run whose output folder is `folder` or inside it (None: none)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("slurm_check").experiment_id
+    return next((r for r in client.search_runs([experiment])
+                 if Path(r.data.tags.get("output_dir", "/")).is_relative_to(folder)), None)
+
+
 def cancel_check(cluster: Cluster, timeout: float) -> list[str]:
     """scancel a running job: its run must end KILLED (not left RUNNING) with its last
     round saved, and its TFF workers must be gone."""
-    from mlflow import MlflowClient
 
     before = worker_pids()
     sweep = Sweep(cluster.tmp / "cancel", f"sqlite:///{cluster.tmp}/mlflow.db")
@@ -454,10 +463,9 @@ def cancel_check(cluster: Cluster, timeout: float) -> list[str]:
                                  f"\n{tail(cluster.tmp / 'cancel.log', 10)}") from None
         finally:
             stop_process(proc, SWEEP_STOP)
-    client = MlflowClient(tracking_uri=sweep.uri)
-    child = next(r for r in client.search_runs(
-        [client.get_experiment_by_name("slurm_check").experiment_id])
-        if r.data.tags.get("output_dir", "").startswith(str(sweep.folder)))
+    child = run_under(sweep.uri, sweep.folder)
+    if child is None:
+        raise CheckError(f"cancelled job {job_id}: no run under {sweep.folder} in the store")
     saved = sorted(p.name for p in journal.parent.glob("checkpoints/round_*"))
     left = worker_pids() - before
     said = tail(cluster.tmp / "cancel.log", 1).splitlines()[-1]
@@ -474,7 +482,6 @@ def cancel_check(cluster: Cluster, timeout: float) -> list[str]:
 def remote_workers_check(cluster: Cluster, timeout: float) -> list[str]:
     """scripts/run_big.sbatch, the docs' recipe: a worker_binary on each node as a job
     step, the round loop reaching them by host:port (runtime.workers)."""
-    from mlflow import MlflowClient
 
     before = worker_pids()
     port, out, folder = free_ports(1)[0], cluster.tmp / "run_big.out", cluster.tmp / "run_big"
@@ -491,10 +498,7 @@ def remote_workers_check(cluster: Cluster, timeout: float) -> list[str]:
     if done.returncode:
         raise CheckError(f"run_big.sbatch job {job_id} failed (sbatch exit {done.returncode})"
                          f"\n{tail(out, 15)}")
-    client = MlflowClient(tracking_uri=f"sqlite:///{cluster.tmp}/mlflow.db")
-    run_ = next((r for r in client.search_runs(
-        [client.get_experiment_by_name("slurm_check").experiment_id])
-        if r.data.tags.get("output_dir", "") == str(folder)), None)
+    run_ = run_under(f"sqlite:///{cluster.tmp}/mlflow.db", folder)
     if run_ is None or run_.info.status != "FINISHED":
         raise CheckError(f"run_big.sbatch job {job_id}: its run is "
                          f"{run_.info.status if run_ else 'missing'}\n{tail(out, 15)}")
