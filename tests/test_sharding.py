@@ -225,17 +225,10 @@ def test_federated_evaluation_runs_in_shards(parts, three_workers):
 
     evaluate = FederatedEvaluator(parts.model, parts.data.test_clients, clients=5,
                                   batch_size=16, seed=0)
-    weights, _ = _rounds(parts, workers.worker_context(three_workers[0]), rounds=1)
-    trained = parts.algorithm.process.get_model_weights(parts.initial_state)
-    shapes = [np.shape(w) for w in trained.trainable]
-    flat, values = list(weights), []
-    for shape in shapes:
-        size = int(np.prod(shape))
-        values.append(np.reshape(flat[:size], shape))
-        flat = flat[size:]
-    trained = trained._replace(trainable=values) if hasattr(trained, "_replace") else \
-        type(trained)(values, trained.non_trainable)
-    with context_stack_impl.context_stack.install(workers.worker_context(three_workers[0])):
+    one_worker = workers.worker_context(three_workers[0])
+    output = _one_round(parts, one_worker)  # trained weights: the clients' scores differ
+    with context_stack_impl.context_stack.install(one_worker):
+        trained = parts.algorithm.process.get_model_weights(output.state)
         one = evaluate(trained, 3)
     with context_stack_impl.context_stack.install(_sharded(three_workers, 3)):
         three = evaluate(trained, 3)
